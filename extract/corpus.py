@@ -265,14 +265,15 @@ def iter_records(spec: CorpusSpec, problems: _Problems | None = None) -> Iterato
     """Yield the corpus's valid rows in file order. Bad rows are reported to `problems` and skipped."""
     spec = resolve(spec)
     problems = problems if problems is not None else _Problems()
+    folder = spec.kind == "folder"
+    text_column = "text" if folder else spec.text_column
+    label_column = "label" if folder else spec.label_column
     checked = False
     for raw in _raw_rows(spec):
         if not checked:
             _check_columns(spec, raw)
             checked = True
         fields = raw.fields
-        text_column = "text" if spec.kind == "folder" else spec.text_column
-        label_column = "label" if spec.kind == "folder" else spec.label_column
         values: dict[str, str | None] = {}
         bad = None
         for role, column in (("text", text_column), ("text_pair", spec.text_pair_column),
@@ -300,7 +301,7 @@ def iter_records(spec: CorpusSpec, problems: _Problems | None = None) -> Iterato
             raw_id = fields.get(spec.id_column)
             doc_id = "" if raw_id is None else str(raw_id)
         else:
-            doc_id = str(fields.get("id", raw.row)) if spec.kind == "folder" else str(raw.row)
+            doc_id = str(fields.get("id", raw.row)) if folder else str(raw.row)
         yield Record(raw.row, doc_id, values["text"], values["text_pair"], values["label"])
 
 

@@ -5,6 +5,7 @@ import datetime as _dt
 import hashlib
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from itertools import islice
 from pathlib import Path
@@ -135,6 +136,18 @@ def _blocks(records: Iterator[Record], size: int) -> Iterator[list[Record]]:
         yield block
 
 
+def _prefetched(blocks: Iterator[tuple[int, list[Record]]], tokenize, pool: ThreadPoolExecutor) -> Iterator[tuple]:
+    """Read and tokenise block b+1 in a worker thread while block b runs through the model."""
+    ahead = None
+    for b, block in blocks:
+        future = pool.submit(tokenize, block)
+        if ahead is not None:
+            yield ahead[0], ahead[1].result()
+        ahead = (b, future)
+    if ahead is not None:
+        yield ahead[0], ahead[1].result()
+
+
 class BlockEncoder:
     """Tokenises a block, runs length-sorted token-budget batches, pools on the device."""
 
@@ -150,23 +163,26 @@ class BlockEncoder:
         texts = [r.text[:self.max_chars] for r in block]
         pairs = [(r.text_pair or "")[:self.max_chars] for r in block] if block[0].text_pair is not None else None
         cut = np.array([len(r.text) > self.max_chars or len(r.text_pair or "") > self.max_chars for r in block])
-        enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length)
+        by_offsets = pairs is None and self.tokenizer.is_fast
+        enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length,
+                             return_offsets_mapping=by_offsets)
         ids = enc["input_ids"]
         types = enc.get("token_type_ids")
-        full = np.array([len(x) >= self.max_length for x in ids])  # maybe truncated: check without truncation
-        if full.any():
-            idx = np.flatnonzero(full & ~cut)
-            if len(idx):
-                again = self.tokenizer([texts[i] for i in idx], [pairs[i] for i in idx] if pairs else None,
-                                       truncation=False, verbose=False)["input_ids"]
-                full[idx] = [len(x) > self.max_length for x in again]
+        full = np.array([len(x) >= self.max_length for x in ids])  # only these can have been truncated
+        for i in np.flatnonzero(full & ~cut):
+            if by_offsets:  # truncated when the last token kept ends before the text's last character
+                full[i] = max(end for _, end in enc["offset_mapping"][i]) < len(texts[i].rstrip())
+            else:
+                again = self.tokenizer(texts[i], pairs[i] if pairs else None, truncation=False, verbose=False)
+                full[i] = len(again["input_ids"]) > self.max_length
         return ids, types, full | cut
 
     @torch.inference_mode()
-    def encode(self, block: Sequence[Record]) -> dict[str, np.ndarray]:
-        ids, types, truncated = self.tokenize(block)
+    def encode(self, tokenized: tuple[list[list[int]], list[list[int]] | None, np.ndarray]) -> dict[str, np.ndarray]:
+        """Pooled features of one tokenised block, rows in the block's order."""
+        ids, types, truncated = tokenized
         lengths = np.array([len(x) for x in ids])
-        n = len(block)
+        n = len(ids)
         pooled = {p: None for p in self.settings.ordered_poolings}
         token_rows: list[np.ndarray | None] = [None] * n
         pad_id = self.tokenizer.pad_token_id
@@ -281,13 +297,13 @@ def extract_corpus(
         encoder = BlockEncoder(load_model(resolve_model(model), revision, torch_device, settings.compute_dtype),
                                tokenizer, torch_device, settings, length, layers_kept)
         done_docs = sum(min(block_size, summary.n_docs - b * block_size) for b in range(n_blocks) if shards.done(b))
+        todo = ((b, block) for b, block in enumerate(_blocks(iter_records(spec), block_size)) if not shards.done(b))
         with tqdm(total=summary.n_docs, initial=done_docs, unit="doc", disable=not progress,
-                  desc=f"extract {Path(input).name}", dynamic_ncols=True) as bar:
-            for b, block in enumerate(_blocks(iter_records(spec), block_size)):
-                if shards.done(b):
-                    continue
-                shards.save(b, encoder.encode(block))
-                bar.update(len(block))
+                  desc=f"extract {Path(input).name}", dynamic_ncols=True) as bar, \
+                ThreadPoolExecutor(max_workers=1) as reader:
+            for b, tokenized in _prefetched(todo, encoder.tokenize, reader):
+                shards.save(b, encoder.encode(tokenized))
+                bar.update(len(tokenized[0]))
 
     label_index = {name: i for i, name in enumerate(summary.label_names)}
     labels = np.array([label_index[x] if x is not None else -1 for x in summary.labels], dtype=np.int32)

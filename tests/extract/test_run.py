@@ -108,12 +108,13 @@ def test_verify_catches_a_corrupted_chunk(tmp_path, small_csv, tiny_bert):
 
 
 def test_a_million_character_document_is_truncated_and_counted(tmp_path, tiny_bert):
-    path = write_csv(tmp_path / "long.csv", [{"text": "word " * 200_000, "label": "a"}, {"text": "short", "label": "b"}])
+    texts = ["word " * 200_000, "short", "word " * 30, "word " * 31]  # 30 words + [CLS] + [SEP] fit exactly
+    path = write_csv(tmp_path / "long.csv", [{"text": t, "label": "a"} for t in texts])
     out = tmp_path / "long.h5"
     run(path, out, tiny_bert, max_length=32)
     with open_cache(out) as cache:
-        assert cache.truncated.tolist() == [True, False]
-        assert cache.n_tokens.tolist() == [32, 3]
+        assert cache.truncated.tolist() == [True, False, False, True]
+        assert cache.n_tokens.tolist() == [32, 3, 32, 32]
         assert cache.meta["max_length"] == 32
 
 

@@ -1,0 +1,145 @@
+"""Extraction speed on a mixed-length real corpus (TREC questions and BBC articles), packaged MiniLM.
+
+Prints docs/s and tokens/s for
+  (a) `finetext extract` end to end (reading, validation, tokenising, HDF5 writing included);
+  (b) a bare loop over length-sorted token-budget batches: forward pass with all hidden states and mean
+      pooling only, inputs pre-tokenised, nothing stored: the practical limit of this hardware;
+  (c) the usual naive way: fixed-size batches in file order, padded to the longest, same forward and pooling;
+and the ratios a/b and a/c from the same run. Then peak memory (max RSS of a `finetext extract` subprocess)
+for the corpus and for 10x the corpus: it must stay flat.
+
+    python bench/extract_speed.py [--trec 2000] [--bbc 400] [--max-length 256] [--device auto]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from extract import extract_corpus  # noqa: E402
+from extract.batching import token_budget_batches  # noqa: E402
+from extract.corpus import CorpusSpec, iter_records  # noqa: E402
+from extract.encoder import load_model, load_tokenizer, resolve_device, resolve_model  # noqa: E402
+from extract.pooling import pool  # noqa: E402
+
+
+def mixed_corpus(path: Path, n_trec: int, n_bbc: int, copies: int = 1) -> int:
+    trec = ROOT.parent / "shared" / "data" / "trec" / "train.csv"
+    if not trec.exists():
+        sys.exit(f"{trec} is missing: this benchmark needs the shared TREC-6 data.")
+    with open(trec, newline="", encoding="utf-8") as f:
+        rows = [(r["text"], r["label"]) for r in csv.DictReader(f)][:n_trec]
+    rows += [(r.text, r.label) for r in iter_records(CorpusSpec("bbc"))][:n_bbc]
+    random.Random(0).shuffle(rows)  # file order mixes short and long documents, as real corpora do
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "text", "label"])
+        for c in range(copies):
+            w.writerows((f"{c}-{i}", t, label) for i, (t, label) in enumerate(rows))
+    return len(rows) * copies
+
+
+def forward_mean(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    out = model(**batch, output_hidden_states=True)
+    return pool(torch.stack(out.hidden_states).float(), batch["attention_mask"], "mean").cpu()
+
+
+def bare_sorted(model, tokenizer, texts, max_length, batch_tokens, device) -> tuple[float, int]:
+    ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    lengths = np.array([len(x) for x in ids])
+    batches = []
+    for idx in token_budget_batches(lengths, batch_tokens):
+        enc = tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
+        batches.append({k: v.to(device) for k, v in enc.items()})
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for batch in batches:
+            forward_mean(model, batch)
+    return time.perf_counter() - start, int(lengths.sum())
+
+
+def naive(model, tokenizer, texts, max_length, batch_size, device) -> float:
+    start = time.perf_counter()
+    with torch.no_grad():
+        for i in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[i:i + batch_size], padding=True, truncation=True, max_length=max_length,
+                            return_tensors="pt")
+            forward_mean(model, {k: v.to(device) for k, v in enc.items()})
+    return time.perf_counter() - start
+
+
+_PEAK = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
+         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+
+
+def peak_rss_mib(corpus: Path, out: Path, max_length: int, device: str) -> float:
+    """Max RSS of one `finetext extract` run, measured by a fresh parent so earlier runs do not count."""
+    cmd = [sys.executable, "-m", "pipeline.cli", "extract", str(corpus), "-o", str(out), "--quiet",
+           "--max-length", str(max_length), "--device", device, "--force"]
+    kib = subprocess.run([sys.executable, "-c", _PEAK, *cmd], check=True, cwd=ROOT, capture_output=True, text=True)
+    return int(kib.stdout.split()[-1]) / 1024  # ru_maxrss is in KiB on Linux
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--trec", type=int, default=2000)
+    ap.add_argument("--bbc", type=int, default=400)
+    ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--batch-tokens", type=int, default=16384)
+    ap.add_argument("--naive-batch", type=int, default=32)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--repeats", type=int, default=2, help="alternating runs of a and b; the best of each counts")
+    ap.add_argument("--memory-max-length", type=int, default=64, help="max length for the memory runs")
+    args = ap.parse_args()
+
+    device = resolve_device(args.device)
+    work = Path(tempfile.mkdtemp(prefix="finetext-bench-"))
+    corpus = work / "mixed.csv"
+    n = mixed_corpus(corpus, args.trec, args.bbc)
+    texts = [r.text for r in iter_records(CorpusSpec(str(corpus)))]
+    path = resolve_model(None)
+    tokenizer = load_tokenizer(path, None)
+    model = load_model(path, None, device, "fp32")
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    print(f"device: {name}; corpus: {n} docs ({args.trec} TREC questions + {args.bbc} BBC articles, shuffled), "
+          f"max_length {args.max_length}")
+    naive(model, tokenizer, texts[:64], args.max_length, args.naive_batch, device)  # warm-up
+
+    # a and b alternate twice and keep their best time: this machine's noise hits both alike
+    t_a = t_b = float("inf")
+    for _ in range(args.repeats):
+        t, tokens = bare_sorted(model, tokenizer, texts, args.max_length, args.batch_tokens, device)
+        t_b = min(t_b, t)
+        start = time.perf_counter()
+        extract_corpus(str(corpus), work / "a.h5", max_length=args.max_length, device=args.device,
+                       batch_tokens=args.batch_tokens, progress=False, force=True)
+        t_a = min(t_a, time.perf_counter() - start)
+    t_c = naive(model, tokenizer, texts, args.max_length, args.naive_batch, device)
+
+    for label, t in (("(a) finetext extract, end to end", t_a), ("(b) bare sorted forward, no storage", t_b),
+                     (f"(c) naive: batches of {args.naive_batch} in file order", t_c)):
+        print(f"{label:<42} {t:7.1f} s  {n / t:8.1f} docs/s  {tokens / t:9.0f} tokens/s")
+    print(f"a/b = {t_b / t_a:.3f}   (speed of a relative to b; target >= 0.95)")
+    print(f"a/c = {t_c / t_a:.2f}    (speed of a relative to c; target >= 1.5)")
+
+    big = work / "mixed10.csv"
+    mixed_corpus(big, args.trec, args.bbc, copies=10)
+    m1 = peak_rss_mib(corpus, work / "m1.h5", args.memory_max_length, args.device)
+    m10 = peak_rss_mib(big, work / "m10.h5", args.memory_max_length, args.device)
+    print(f"peak memory (max RSS, max_length {args.memory_max_length}): corpus {m1:.0f} MiB, "
+          f"10x corpus {m10:.0f} MiB, ratio {m10 / m1:.2f}")
+
+
+if __name__ == "__main__":
+    main()
