@@ -96,14 +96,15 @@ def main() -> None:
     ap.add_argument("--trec", type=int, default=2000)
     ap.add_argument("--bbc", type=int, default=400)
     ap.add_argument("--max-length", type=int, default=256)
-    ap.add_argument("--batch-tokens", type=int, default=16384)
+    ap.add_argument("--batch-tokens", type=int, default=None, help="default: finetext's own for the device")
     ap.add_argument("--naive-batch", type=int, default=32)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--repeats", type=int, default=2, help="alternating runs of a and b; the best of each counts")
+    ap.add_argument("--repeats", type=int, default=3, help="alternating runs of a and b; the best of each counts")
     ap.add_argument("--memory-max-length", type=int, default=64, help="max length for the memory runs")
     args = ap.parse_args()
 
     device = resolve_device(args.device)
+    args.batch_tokens = args.batch_tokens or (4096 if device.type == "cpu" else 16384)
     work = Path(tempfile.mkdtemp(prefix="finetext-bench-"))
     corpus = work / "mixed.csv"
     n = mixed_corpus(corpus, args.trec, args.bbc)
@@ -113,7 +114,8 @@ def main() -> None:
     model = load_model(path, None, device, "fp32")
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"device: {name}; corpus: {n} docs ({args.trec} TREC questions + {args.bbc} BBC articles, shuffled), "
-          f"max_length {args.max_length}")
+          f"max_length {args.max_length}, "
+          f"batch budget {args.batch_tokens} tokens")
     naive(model, tokenizer, texts[:64], args.max_length, args.naive_batch, device)  # warm-up
 
     # a and b alternate twice and keep their best time: this machine's noise hits both alike

@@ -49,7 +49,7 @@ def sample_budget(y: np.ndarray, *, per_class: int | None = None, total: int | N
     if short and fallback == "error":
         c, n, k = short[0]
         raise ValueError(
-            f"class {c!r} has {n} rows, fewer than the {k} asked for"
+            f"class {c.item()!r} has {n} rows, fewer than the {k} asked for"
             + (f" (and {len(short) - 1} more classes are short)" if len(short) > 1 else "")
             + ". Use a smaller budget, or fallback='all' to take every row of short classes."
         )

@@ -41,3 +41,14 @@ def layer_stats(X: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.nd
         mean = np.einsum("n,nlh->lh", w, X)
         std = np.sqrt(np.einsum("n,nlh->lh", w, (X - mean) ** 2))
     return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
+
+
+def check_known_labels(classes: np.ndarray, y: object) -> np.ndarray:
+    """y as an array, refusing labels the head never saw (they could only ever count as errors)."""
+    y = np.asarray(y)
+    unseen = sorted(set(y.tolist()) - set(np.asarray(classes).tolist()), key=str)
+    if unseen:
+        raise ValueError(f"y: labels {unseen[:5]} were not among the training classes {list(classes)[:10]}. "
+                         "Map them to the training label names (e.g. a label mapping for out-of-domain "
+                         "evaluation), or drop those rows.")
+    return y

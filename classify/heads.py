@@ -17,8 +17,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
-from classify.features import check_features, layer_stats
-from classify.stack import LayerAttentionStack, ScalarMixStack, TrainConfig, logits_of, train_stack
+from classify.features import check_features, check_known_labels, layer_stats
+from classify.stack import LayerAttentionStack, ScalarMixStack, TrainConfig, train_stack
 
 MAX_STACK_BYTES = 1 << 30  # features gathered for one stack of heads; larger jobs are split
 
@@ -36,17 +36,17 @@ def _fold_of(rows_y: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
 class _StackHead(ClassifierMixin, BaseEstimator):
     """Shared machinery of the vectorised heads. Subclasses set `_stack` and their defaults."""
 
-    _stack: type[ScalarMixStack] = ScalarMixStack
+    _stack: type[torch.nn.Module] = ScalarMixStack
     _parameter_constraints: dict[str, Any] = {}
 
     def __init__(self, *, n_members: int = 5, normalize: str = "standard", lr: float = 1e-2,
-                 weight_decay: float = 1e-3, dropout: float = 0.1, max_epochs: int = 200, patience: int = 20,
-                 validation: str = "auto", min_val_per_class: int = 8, epochs_without_validation: int = 100,
+                 C: float = 0.5, dropout: float = 0.0, max_epochs: int = 300, patience: int = 20,
+                 validation: str = "auto", min_val_per_class: int = 100, epochs_without_validation: int = 300,
                  class_weight: str | None = None, random_state: int | None = 0) -> None:
         self.n_members = n_members
         self.normalize = normalize
         self.lr = lr
-        self.weight_decay = weight_decay
+        self.C = C
         self.dropout = dropout
         self.max_epochs = max_epochs
         self.patience = patience
@@ -65,15 +65,13 @@ class _StackHead(ClassifierMixin, BaseEstimator):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{type(self).__name__}: {name} must be one of {allowed}, got {getattr(self, name)!r}.")
         positive = {"n_members": Integral, "max_epochs": Integral, "patience": Integral, "min_val_per_class": Integral,
-                    "epochs_without_validation": Integral, "lr": Real}
+                    "epochs_without_validation": Integral, "lr": Real, "C": Real}
         for name, kind in positive.items():
             value = getattr(self, name)
             if not isinstance(value, kind) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{type(self).__name__}: {name} must be a positive number, got {value!r}.")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"{type(self).__name__}: dropout must lie in [0, 1), got {self.dropout!r}.")
-        if self.weight_decay < 0:
-            raise ValueError(f"{type(self).__name__}: weight_decay must be >= 0, got {self.weight_decay!r}.")
 
     def _check_y(self, X: np.ndarray, y: object) -> tuple[np.ndarray, np.ndarray]:
         y = np.asarray(y)
@@ -89,17 +87,15 @@ class _StackHead(ClassifierMixin, BaseEstimator):
     # --- training ---------------------------------------------------------------------------------------
 
     def _config(self, epochs: int) -> TrainConfig:
-        return TrainConfig(lr=self.lr, weight_decay=self.weight_decay, dropout=self.dropout,
+        return TrainConfig(lr=self.lr, C=self.C, dropout=self.dropout,
                            max_epochs=epochs, patience=self.patience)
 
     def _fit_sets(self, X: np.ndarray, codes: np.ndarray, n_classes: int, row_sets: Sequence[np.ndarray],
                   seeds: Sequence[int]) -> list[dict[str, np.ndarray]]:
-        """Train n_members heads for each row set, as few stacks as memory allows. One state per set."""
+        """Train n_members heads for each row set, in as few stacks as memory allows. One state per set."""
         L, H = X.shape[1:]
-        M = self.n_members
-        n_max = max(len(r) for r in row_sets)
-        per_set = M * n_max * L * H * 4
-        step = max(1, MAX_STACK_BYTES // max(per_set, 1))
+        per_set = max(len(r) for r in row_sets) * L * H * 4
+        step = max(1, MAX_STACK_BYTES // per_set)
         states: list[dict[str, np.ndarray]] = []
         for start in range(0, len(row_sets), step):
             states += self._fit_stack(X, codes, n_classes, row_sets[start:start + step], seeds[start:start + step])
@@ -108,51 +104,46 @@ class _StackHead(ClassifierMixin, BaseEstimator):
     def _fit_stack(self, X: np.ndarray, codes: np.ndarray, n_classes: int, row_sets: Sequence[np.ndarray],
                    seeds: Sequence[int]) -> list[dict[str, np.ndarray]]:
         L, H = X.shape[1:]
-        M = self.n_members
-        use_val = self.validation == "auto" and M > 1 and all(
+        use_val = self.validation == "auto" and self.n_members > 1 and all(
             np.bincount(codes[r], minlength=n_classes)[np.unique(codes[r])].min() >= self.min_val_per_class
             for r in row_sets)
+        # without validation folds every member would see the same rows and reach the same optimum
+        S, M = len(row_sets), self.n_members if use_val else 1
         n_max = max(len(r) for r in row_sets)
-        G = len(row_sets) * M
-        idx = np.zeros((G, n_max), dtype=np.int64)
-        w_train = np.zeros((G, n_max), dtype=np.float32)
-        w_val = np.zeros((G, n_max), dtype=np.float32)
+        idx = np.zeros((S, n_max), dtype=np.int64)  # padding points at row 0 with weight 0
+        w_train = np.zeros((S, M, n_max), dtype=np.float32)
+        w_val = np.zeros((S, M, n_max), dtype=np.float32)
+        mean = np.zeros((S, L, H), np.float32)
+        std = np.ones((S, L, H), np.float32)
         for s, (rows, seed) in enumerate(zip(row_sets, seeds)):
-            folds = _fold_of(codes[rows], M, seed) if use_val else None
+            n = len(rows)
+            idx[s, :n] = rows
             counts = np.bincount(codes[rows], minlength=n_classes).astype(np.float32)
-            balance = (len(rows) / (n_classes * np.maximum(counts, 1)))[codes[rows]] \
-                if self.class_weight == "balanced" else np.ones(len(rows), np.float32)
-            for m in range(M):
-                g = s * M + m
-                idx[g, :len(rows)] = rows
-                if use_val:
-                    w_train[g, :len(rows)] = balance * (folds != m)
-                    w_val[g, :len(rows)] = folds == m
-                else:
-                    w_train[g, :len(rows)] = balance
-        mean = np.empty((G, L, H), np.float32)
-        std = np.empty((G, L, H), np.float32)
-        for g in range(G):
-            if self.normalize == "standard":
-                keep = w_train[g] > 0
-                mean[g], std[g] = layer_stats(X[idx[g][keep]])
+            balance = (n / (n_classes * np.maximum(counts, 1)))[codes[rows]] \
+                if self.class_weight == "balanced" else np.ones(n, np.float32)
+            if use_val:  # member m validates on fold m and trains on the rest
+                folds = _fold_of(codes[rows], M, seed)
+                w_val[s, :, :n] = folds[None, :] == np.arange(M)[:, None]
+                w_train[s, :, :n] = balance[None, :] * (1 - w_val[s, :, :n])
             else:
-                mean[g], std[g] = 0.0, 1.0
-        x = torch.from_numpy((X[idx] - mean[:, None]) / std[:, None])  # (G, n_max, L, H)
-        y = torch.from_numpy(codes[idx])  # (G, n_max)
-        gen = torch.Generator().manual_seed(int(seeds[0]) * 7919 + len(row_sets))
-        module = self._stack(G, L, H, n_classes, gen)
+                w_train[s, :, :n] = balance[None, :]
+            if self.normalize == "standard":
+                mean[s], std[s] = layer_stats(X[rows])
+        x = torch.from_numpy((X[idx] - mean[:, None]) / std[:, None])  # (S, n_max, L, H)
+        y = torch.from_numpy(codes[idx])  # (S, n_max)
+        gen = torch.Generator().manual_seed(int(seeds[0]) * 7919 + S)  # dropout and minibatch order
+        module = self._stack(S, M, L, H, n_classes, gen)
+        with torch.no_grad():  # each set's initial weights from its own seed: batched == one at a time
+            for s, seed in enumerate(seeds):
+                own = torch.Generator().manual_seed(int(seed))
+                module.W[s] = torch.randn(module.W.shape[1:], generator=own) * 0.01
         epochs = self.max_epochs if use_val else self.epochs_without_validation
         best_epoch = train_stack(module, x, y, torch.from_numpy(w_train), torch.from_numpy(w_val) if use_val else None,
                                  self._config(epochs), gen)
         params = {k: v.detach().numpy() for k, v in module.state_dict().items()}
-        states = []
-        for s in range(len(row_sets)):
-            sl = slice(s * M, (s + 1) * M)
-            state = {k: v[sl].copy() for k, v in params.items()}
-            state.update(mean=mean[sl], std=std[sl], best_epoch=best_epoch[sl].astype(np.int64))
-            states.append(state)
-        return states
+        return [{**{k: v[s:s + 1].copy() for k, v in params.items()},
+                 "mean": mean[s], "std": std[s], "best_epoch": best_epoch[s].astype(np.int64)}
+                for s in range(S)]
 
     def fit(self, X: object, y: object) -> "_StackHead":
         """Fit on X (n_docs, n_layers, hidden) and labels y of any type. Returns self."""
@@ -169,20 +160,20 @@ class _StackHead(ClassifierMixin, BaseEstimator):
         self.n_features_in_ = int(X.shape[1] * X.shape[2])
         self.n_layers_, self.hidden_size_ = int(X.shape[1]), int(X.shape[2])
         self.state_ = state
-        self.layer_weights_ = self.layer_weights(X).mean(axis=0)  # (n_layers,)
+        self.layer_weights_ = self.layer_weights(X).mean(axis=0)  # (n_layers,) mean over training rows
 
     # --- prediction -------------------------------------------------------------------------------------
 
-    def _module(self) -> ScalarMixStack:
-        M = self.state_["mean"].shape[0]
-        module = self._stack(M, self.n_layers_, self.hidden_size_, len(self.classes_), torch.Generator())
+    def _module(self) -> torch.nn.Module:
+        M = self.state_["b"].shape[1]
+        module = self._stack(1, M, self.n_layers_, self.hidden_size_, len(self.classes_), torch.Generator())
         module.load_state_dict({k: torch.from_numpy(v) for k, v in self.state_.items()
                                 if k not in ("mean", "std", "best_epoch")})
         return module.eval()
 
-    def _members_x(self, X: np.ndarray) -> torch.Tensor:
-        """(M, n, L, H) features normalised by each member's statistics."""
-        return torch.from_numpy((X[None] - self.state_["mean"][:, None]) / self.state_["std"][:, None])
+    def _normalised(self, X: np.ndarray) -> torch.Tensor:
+        """(1, n, L, H) features normalised by the training rows' statistics."""
+        return torch.from_numpy((X - self.state_["mean"]) / self.state_["std"])[None]
 
     def _checked(self, X: object) -> np.ndarray:
         check_is_fitted(self, "state_")
@@ -194,23 +185,57 @@ class _StackHead(ClassifierMixin, BaseEstimator):
         X = self._checked(X)
         module = self._module()
         out = []
-        for start in range(0, len(X), 2048):
-            logits = logits_of(module, self._members_x(X[start:start + 2048]))  # (M, n, C)
-            out.append(logits.softmax(-1).mean(0).numpy())
+        for start in range(0, len(X), 4096):
+            logits = module(self._normalised(X[start:start + 4096]))  # (1, M, n, C)
+            out.append(logits.softmax(-1).mean(1)[0].numpy())
         return np.concatenate(out)
 
     def predict(self, X: object) -> np.ndarray:
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
 
+    def score(self, X: object, y: object, sample_weight: object = None) -> float:
+        """Accuracy; labels never seen in training are refused rather than silently counted wrong."""
+        check_is_fitted(self)
+        return super().score(X, check_known_labels(self.classes_, y), sample_weight)
+
     @torch.no_grad()
     def layer_weights(self, X: object) -> np.ndarray:
         """(n_docs, n_layers) weight each document puts on each layer, averaged over members."""
-        X = check_features(X, expected=(self.n_layers_, self.hidden_size_)) if hasattr(self, "n_layers_") \
-            else check_features(X)
+        X = self._checked(X)
         module = self._module()
-        out = [module.layer_weights(self._members_x(X[s:s + 2048])).mean(0).numpy()
-               for s in range(0, len(X), 2048)]
+        out = [module.layer_weights(self._normalised(X[s:s + 4096])).mean(1)[0].numpy()  # (n, L)
+               for s in range(0, len(X), 4096)]
         return np.concatenate(out)
+
+    # --- persistence (see persist.py) --------------------------------------------------------------------
+
+    def save(self, directory: str, feature_info: dict[str, Any] | None = None) -> None:
+        """Write config.json + weights.safetensors into `directory` (replaced atomically)."""
+        from classify.persist import save_head
+
+        check_is_fitted(self, "state_")
+        save_head(self, directory, feature_info)
+
+    @classmethod
+    def load(cls, directory: str) -> "_StackHead":
+        """Read a head written by save(); nothing in the folder can execute code."""
+        from classify.persist import load_head
+
+        head = load_head(directory)
+        if not isinstance(head, cls):
+            raise TypeError(f"{directory} holds a {type(head).__name__}, not a {cls.__name__}.")
+        return head
+
+    def _export(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        return dict(self.state_), {"layer_weights": self.layer_weights_.tolist()}
+
+    def _import(self, classes: np.ndarray, n_layers: int, hidden: int, arrays: dict[str, np.ndarray],
+                config: dict[str, Any]) -> None:
+        self.classes_ = classes
+        self.n_layers_, self.hidden_size_ = n_layers, hidden
+        self.n_features_in_ = n_layers * hidden
+        self.state_ = arrays
+        self.layer_weights_ = np.asarray(config["layer_weights"], dtype=np.float32)
 
     def _more_tags(self) -> dict[str, Any]:  # older scikit-learn
         return {"X_types": ["3darray"]}

@@ -39,7 +39,7 @@ class ExtractSettings:
     storage_dtype: str = "float16"  # float16 | float32
     tokens: bool = False  # also keep token-level states (ragged)
     token_layers: tuple[int, ...] | None = None  # hidden states kept at token level; None: all
-    batch_tokens: int = 16384  # padded tokens per forward pass
+    batch_tokens: int | None = None  # padded tokens per forward pass; None: 4096 on CPU, 16384 on a GPU
     block_docs: int | None = None  # documents per resumable block; None: 2048 (128 with tokens)
 
     def __post_init__(self) -> None:
@@ -156,6 +156,8 @@ class BlockEncoder:
         self.model, self.tokenizer, self.device = model, tokenizer, device
         self.settings, self.max_length, self.token_layers = settings, max_length, token_layers
         self.max_chars = max_length * CHARS_PER_TOKEN_CAP
+        # measured (bench/extract_speed.py): CPUs run fastest on small batches that stay in cache
+        self.batch_tokens = settings.batch_tokens or (4096 if device.type == "cpu" else 16384)
         self.storage = torch.float16 if settings.storage_dtype == "float16" else torch.float32
 
     def tokenize(self, block: Sequence[Record]) -> tuple[list[list[int]], list[list[int]] | None, np.ndarray]:
@@ -186,7 +188,7 @@ class BlockEncoder:
         pooled = {p: None for p in self.settings.ordered_poolings}
         token_rows: list[np.ndarray | None] = [None] * n
         pad_id = self.tokenizer.pad_token_id
-        for batch in token_budget_batches(lengths, self.settings.batch_tokens):
+        for batch in token_budget_batches(lengths, self.batch_tokens):
             width = int(lengths[batch].max())
             # Right padding for every model: positions start at 0 for every document, which causal
             # models need; pooling itself does not care which side is padded.
@@ -241,7 +243,7 @@ def extract_corpus(
     storage_dtype: str = "float16",
     tokens: bool = False,
     token_layers: Sequence[int] | None = None,
-    batch_tokens: int = 16384,
+    batch_tokens: int | None = None,
     block_docs: int | None = None,
     force: bool = False,
     progress: bool = True,

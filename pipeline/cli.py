@@ -43,7 +43,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="tokens per document (default and cap: the model's position limit)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="compute dtype")
-    p.add_argument("--batch-tokens", type=int, default=16384, help="padded tokens per forward pass")
+    p.add_argument("--batch-tokens", type=int, default=None,
+                   help="padded tokens per forward pass (default: 4096 on CPU, 16384 on a GPU)")
 
 
 def _extract(args: argparse.Namespace) -> int:

@@ -1,0 +1,94 @@
+"""The baseline: logistic regression on one layer, as most people use embeddings today."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.linear_model import LogisticRegression
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted
+
+from classify.features import check_features, check_known_labels
+
+
+class LastLayerLogReg(ClassifierMixin, BaseEstimator):
+    """Logistic regression on the features of one layer (default the last).
+
+    X: (n_docs, n_layers, hidden); only X[:, layer] is used. C and max_iter are scikit-learn's
+    LogisticRegression's (lbfgs, multinomial).
+    """
+
+    def __init__(self, *, layer: int = -1, C: float = 1.0, max_iter: int = 1000, class_weight: str | None = None,
+                 random_state: int | None = 0) -> None:
+        self.layer = layer
+        self.C = C
+        self.max_iter = max_iter
+        self.class_weight = class_weight
+        self.random_state = random_state
+
+    def fit(self, X: object, y: object) -> "LastLayerLogReg":
+        X = check_features(X)
+        if not -X.shape[1] <= self.layer < X.shape[1]:
+            raise ValueError(f"LastLayerLogReg: layer={self.layer} does not exist; X has layers 0..{X.shape[1] - 1}.")
+        y = np.asarray(y)
+        if y.ndim != 1 or len(y) != len(X):
+            raise ValueError(f"y: expected {len(X)} labels (one per row of X) as a 1-D array, got shape {y.shape}.")
+        check_classification_targets(y)
+        if len(np.unique(y)) < 2:
+            raise ValueError(f"y: only one class ({y[0]!r}) in the training rows; a classifier needs at least two.")
+        self.model_ = LogisticRegression(C=self.C, max_iter=self.max_iter, class_weight=self.class_weight,
+                                         random_state=self.random_state).fit(X[:, self.layer], y)
+        self.classes_ = self.model_.classes_
+        self.n_layers_, self.hidden_size_ = int(X.shape[1]), int(X.shape[2])
+        self.n_features_in_ = self.n_layers_ * self.hidden_size_
+        return self
+
+    def _layer(self, X: object) -> np.ndarray:
+        check_is_fitted(self, "model_")
+        return check_features(X, expected=(self.n_layers_, self.hidden_size_))[:, self.layer]
+
+    def predict_proba(self, X: object) -> np.ndarray:
+        return self.model_.predict_proba(self._layer(X))
+
+    def predict(self, X: object) -> np.ndarray:
+        return self.model_.predict(self._layer(X))
+
+    def score(self, X: object, y: object, sample_weight: object = None) -> float:
+        """Accuracy; labels never seen in training are refused rather than silently counted wrong."""
+        check_is_fitted(self)
+        return super().score(X, check_known_labels(self.classes_, y), sample_weight)
+
+    def save(self, directory: str, feature_info: dict[str, Any] | None = None) -> None:
+        """Write config.json + weights.safetensors into `directory` (replaced atomically)."""
+        from classify.persist import save_head
+
+        check_is_fitted(self, "model_")
+        save_head(self, directory, feature_info)
+
+    @classmethod
+    def load(cls, directory: str) -> "LastLayerLogReg":
+        from classify.persist import load_head
+
+        return load_head(directory)
+
+    def _export(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        return {"coef": self.model_.coef_, "intercept": self.model_.intercept_}, {}
+
+    def _import(self, classes: np.ndarray, n_layers: int, hidden: int, arrays: dict[str, np.ndarray],
+                config: dict[str, Any]) -> None:
+        self.model_ = LogisticRegression(C=self.C, max_iter=self.max_iter, class_weight=self.class_weight)
+        self.model_.coef_, self.model_.intercept_ = arrays["coef"], arrays["intercept"]
+        self.model_.classes_ = self.classes_ = classes
+        self.model_.n_features_in_ = hidden
+        self.n_layers_, self.hidden_size_ = n_layers, hidden
+        self.n_features_in_ = n_layers * hidden
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        return tags
+
+    def _more_tags(self) -> dict[str, Any]:
+        return {"X_types": ["3darray"]}

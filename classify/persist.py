@@ -1,0 +1,101 @@
+"""Saving and loading fitted heads: JSON config + safetensors weights. Loading never executes code."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+FORMAT = "finetext-head"
+VERSION = 1
+
+
+def _registry() -> dict[str, type]:
+    from classify.heads import LayerAttention, ScalarMix
+    from classify.last_layer import LastLayerLogReg
+    from classify.token_attention import TokenLayerAttention
+
+    return {cls.__name__: cls for cls in (LastLayerLogReg, ScalarMix, LayerAttention, TokenLayerAttention)}
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def save_head(head: Any, directory: str | os.PathLike, feature_info: dict[str, Any] | None = None) -> Path:
+    """Write `config.json` and `weights.safetensors` into `directory`, atomically (a new folder replaces it).
+
+    feature_info: what the features came from (model id, weights hash, pooling, cache fingerprint), checked
+    again when the head is used on another cache.
+    """
+    directory = Path(directory)
+    arrays, extra = head._export()
+    classes = [_plain(c) for c in head.classes_]
+    if not all(isinstance(c, (str, int, float, bool)) for c in classes):
+        raise TypeError(f"classes_ must be strings or numbers to be saved as JSON, got {classes[:3]}.")
+    config = {
+        "format": FORMAT, "version": VERSION, "class": type(head).__name__,
+        "params": {k: _plain(v) for k, v in head.get_params().items()},
+        "classes": classes, "n_layers": head.n_layers_, "hidden_size": head.hidden_size_,
+        "feature_info": feature_info or {}, **extra,
+    }
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        (tmp / "config.json").write_text(json.dumps(config, indent=1))
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp / "weights.safetensors"))
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+            os.replace(directory, old)
+            os.replace(tmp, directory)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, directory)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return directory
+
+
+def read_config(directory: str | os.PathLike) -> dict[str, Any]:
+    path = Path(directory) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file; a saved head is a folder with config.json and "
+                                "weights.safetensors (write one with head.save(dir) or `finetext train`).") from None
+    if config.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a finetext head (format={config.get('format')!r}).")
+    if config.get("version", 0) > VERSION:
+        raise ValueError(f"{path}: head format version {config['version']} is newer than this finetext reads.")
+    return config
+
+
+def load_head(directory: str | os.PathLike) -> Any:
+    """Rebuild a saved head. Only JSON and safetensors are read: nothing in the folder can run code."""
+    config = read_config(directory)
+    registry = _registry()
+    if config["class"] not in registry:
+        raise ValueError(f"{directory}: unknown head class {config['class']!r}; known: {', '.join(registry)}.")
+    head = registry[config["class"]](**config["params"])
+    arrays = load_file(str(Path(directory) / "weights.safetensors"))
+    head._import(np.array(config["classes"]), config["n_layers"], config["hidden_size"], arrays, config)
+    head.feature_info_ = config.get("feature_info", {})
+    return head
+
+
+def check_feature_source(feature_info: dict[str, Any], cache_meta: dict[str, Any], cache_name: str = "the cache") -> None:
+    """Refuse features from another model than the head was trained on, naming both."""
+    for key in ("weights_sha256", "model_id", "n_layers", "hidden_size"):
+        mine, theirs = feature_info.get(key), cache_meta.get(key)
+        if mine and theirs and mine != theirs:
+            raise ValueError(
+                f"this head was trained on features with {key}={mine!r}; {cache_name} has {key}={theirs!r}. "
+                "Extract the texts with the head's model (finetext extract --model ...), or train a head on "
+                "this cache."
+            )

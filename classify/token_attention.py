@@ -1,0 +1,137 @@
+"""Attention over tokens within each layer, then over layers: the head for the token-level cache."""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted
+
+from classify.features import check_known_labels
+from classify.stack import SELECTOR_L2, LayerAttentionStack
+
+
+def check_token_features(X: object, expected: tuple[int, int] | None = None) -> list[np.ndarray]:
+    """X as a list of float32 arrays (n_tokens_i, n_layers, hidden), one per document."""
+    if isinstance(X, np.ndarray) and X.ndim == 4:  # padded (n_docs, tokens, layers, hidden)
+        X = [doc[np.abs(doc).sum(axis=(1, 2)) > 0] for doc in X]
+    if not isinstance(X, Sequence) and not isinstance(X, np.ndarray):
+        raise ValueError(f"X: expected a list of (n_tokens, n_layers, hidden) arrays, got {type(X).__name__}. "
+                         "Read one from a cache extracted with --tokens: open_cache(path).token_states().")
+    docs = [np.asarray(d, dtype=np.float32) for d in X]
+    if not docs:
+        raise ValueError("X: no documents.")
+    shapes = {d.shape[1:] for d in docs}
+    if any(d.ndim != 3 or len(d) == 0 for d in docs) or len(shapes) != 1:
+        raise ValueError(f"X: every document must be a non-empty (n_tokens, n_layers, hidden) array with the same "
+                         f"(n_layers, hidden); got shapes like {sorted({d.shape for d in docs})[:3]}.")
+    shape = shapes.pop()
+    if expected is not None and tuple(shape) != tuple(expected):
+        raise ValueError(f"X: this head was fitted on token features of shape (n_layers, hidden) = {tuple(expected)}, "
+                         f"got {tuple(shape)}. Use token states from the same model and --token-layers.")
+    if not all(np.isfinite(d).all() for d in docs):
+        raise ValueError("X: NaN or inf token features; check the cache with `finetext verify`.")
+    return docs
+
+
+def _pad(docs: list[np.ndarray], mean: np.ndarray, std: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised (n, T, L, H) and mask (n, T)."""
+    T = max(len(d) for d in docs)
+    x = np.zeros((len(docs), T, *docs[0].shape[1:]), np.float32)
+    mask = np.zeros((len(docs), T), bool)
+    for i, d in enumerate(docs):
+        x[i, :len(d)] = (d - mean) / std
+        mask[i, :len(d)] = True
+    return torch.from_numpy(x), torch.from_numpy(mask)
+
+
+class TokenLayerAttention(ClassifierMixin, BaseEstimator):
+    """Token attention within each layer (a learned query per layer), then LayerAttention across layers.
+
+    X: a list of (n_tokens_i, n_layers, hidden) arrays (Cache.token_states()). Per layer l,
+    a_t = softmax_t(x_{t,l}·q_l/√H) pools the tokens; the pooled (n_layers, hidden) vectors go through the
+    same selector and classifiers as LayerAttention. q starts at 0, so it starts from mean pooling.
+    """
+
+    def __init__(self, *, C: float = 0.5, lr: float = 1e-2, epochs: int = 300, batch_docs: int = 256,
+                 random_state: int | None = 0) -> None:
+        self.C = C
+        self.lr = lr
+        self.epochs = epochs
+        self.batch_docs = batch_docs
+        self.random_state = random_state
+
+    def _forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        scores = torch.einsum("ntlh,lh->ntl", x, self.query_) / math.sqrt(x.shape[-1])  # (n, T, L)
+        scores = scores.masked_fill(~mask[:, :, None], float("-inf"))
+        pooled = torch.einsum("ntlh,ntl->nlh", x, scores.softmax(1))  # (n, L, H)
+        return self.selector_(pooled[None])[0, 0]  # (n, C)
+
+    def fit(self, X: object, y: object) -> "TokenLayerAttention":
+        docs = check_token_features(X)
+        y = np.asarray(y)
+        if len(y) != len(docs):
+            raise ValueError(f"y: expected {len(docs)} labels, got {len(y)}.")
+        check_classification_targets(y)
+        self.classes_, codes = np.unique(y, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise ValueError("y: only one class in the training rows; a classifier needs at least two.")
+        stacked = np.concatenate(docs)  # (all tokens, L, H)
+        self.mean_, self.std_ = stacked.mean(0), np.maximum(stacked.std(0), 1e-6)
+        L, H = stacked.shape[1:]
+        self.n_layers_, self.hidden_size_ = int(L), int(H)
+        gen = torch.Generator().manual_seed(0 if self.random_state is None else int(self.random_state))
+        self.query_ = torch.zeros(L, H, requires_grad=True)
+        self.selector_ = LayerAttentionStack(1, 1, L, H, len(self.classes_), gen)
+        opt = torch.optim.Adam([self.query_, *self.selector_.parameters()], lr=self.lr)
+        y_t = torch.from_numpy(codes)
+        l2 = 1.0 / (2.0 * self.C * len(docs))
+        for _ in range(self.epochs):
+            order = torch.randperm(len(docs), generator=gen).tolist()
+            for start in range(0, len(docs), self.batch_docs):
+                idx = order[start:start + self.batch_docs]
+                x, mask = _pad([docs[i] for i in idx], self.mean_, self.std_)
+                opt.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(self._forward(x, mask), y_t[idx])
+                penalty = self.selector_.penalty()[0, 0] + SELECTOR_L2 * (self.query_ ** 2).sum()
+                (loss * len(idx) / len(docs) + l2 * penalty * len(idx) / len(docs)).backward()
+                opt.step()
+        self.query_ = self.query_.detach()
+        return self
+
+    @torch.no_grad()
+    def predict_proba(self, X: object) -> np.ndarray:
+        check_is_fitted(self, "query_")
+        docs = check_token_features(X, expected=(self.n_layers_, self.hidden_size_))
+        out = [self._forward(*_pad(docs[s:s + self.batch_docs], self.mean_, self.std_)).softmax(-1).numpy()
+               for s in range(0, len(docs), self.batch_docs)]
+        return np.concatenate(out)
+
+    def predict(self, X: object) -> np.ndarray:
+        return self.classes_[self.predict_proba(X).argmax(1)]
+
+    def score(self, X: object, y: object, sample_weight: object = None) -> float:
+        check_is_fitted(self, "query_")
+        return super().score(X, check_known_labels(self.classes_, y), sample_weight)
+
+    def save(self, directory: str, feature_info: dict[str, Any] | None = None) -> None:
+        from classify.persist import save_head
+
+        save_head(self, directory, feature_info)
+
+    def _export(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        arrays = {f"selector.{k}": v.detach().numpy() for k, v in self.selector_.state_dict().items()}
+        return {**arrays, "query": self.query_.numpy(), "mean": self.mean_, "std": self.std_}, {}
+
+    def _import(self, classes: np.ndarray, n_layers: int, hidden: int, arrays: dict[str, np.ndarray],
+                config: dict[str, Any]) -> None:
+        self.classes_, self.n_layers_, self.hidden_size_ = classes, n_layers, hidden
+        self.selector_ = LayerAttentionStack(1, 1, n_layers, hidden, len(classes), torch.Generator())
+        self.selector_.load_state_dict({k[len("selector."):]: torch.from_numpy(v) for k, v in arrays.items()
+                                        if k.startswith("selector.")})
+        self.query_ = torch.from_numpy(arrays["query"])
+        self.mean_, self.std_ = arrays["mean"], arrays["std"]

@@ -1,0 +1,123 @@
+"""Heads: the maths against numpy by hand, the estimator contract, bad input."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.model_selection import GridSearchCV, cross_val_score
+from sklearn.pipeline import Pipeline
+
+from classify import LastLayerLogReg, LayerAttention, ScalarMix
+from classify.stack import LayerAttentionStack, ScalarMixStack
+
+
+def toy(n=120, L=4, H=8, seed=0):
+    """Labels carried by layer 2 only; the other layers are noise."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    X = rng.normal(size=(n, L, H)).astype(np.float32)
+    X[:, 2, :3] += 3 * np.eye(3)[y]
+    return X, np.array(["neg", "neu", "pos"])[y]
+
+
+def softmax(a, axis=-1):
+    e = np.exp(a - a.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def test_scalar_mix_matches_numpy():
+    gen = torch.Generator().manual_seed(0)
+    m = ScalarMixStack(1, 2, 3, 4, 5, gen)
+    with torch.no_grad():
+        m.w.normal_(generator=gen)
+        m.gamma.fill_(1.7)
+    x = np.random.default_rng(1).normal(size=(1, 6, 3, 4)).astype(np.float32)
+    got = m(torch.from_numpy(x)).detach().numpy()  # (1, 2, 6, 5)
+    w, W, b = m.w.detach().numpy(), m.W.detach().numpy(), m.b.detach().numpy()
+    for k in range(2):
+        z = 1.7 * np.einsum("nlh,l->nh", x[0], softmax(w[0, k]))
+        np.testing.assert_allclose(got[0, k], z @ W[0, k] + b[0, k], rtol=1e-5, atol=1e-5)
+
+
+def test_layer_attention_matches_numpy():
+    gen = torch.Generator().manual_seed(0)
+    m = LayerAttentionStack(1, 1, 3, 4, 2, gen)
+    with torch.no_grad():
+        m.u.normal_(generator=gen)
+        m.w.normal_(generator=gen)
+    x = np.random.default_rng(2).normal(size=(1, 5, 3, 4)).astype(np.float32)
+    alpha = m.layer_weights(torch.from_numpy(x)).detach().numpy()[0, 0]  # (5, 3)
+    u, p = m.u.detach().numpy()[0, 0], m.w.detach().numpy()[0, 0]
+    want = softmax(np.einsum("nlh,lh->nl", x[0], u) / 2.0 + p)  # sqrt(H) = 2
+    np.testing.assert_allclose(alpha, want, rtol=1e-5, atol=1e-6)
+    logits = m(torch.from_numpy(x)).detach().numpy()[0, 0]  # (5, 2)
+    W, b = m.W.detach().numpy()[0, 0], m.b.detach().numpy()[0, 0]  # (3, 4, 2), (2,)
+    per_layer = np.einsum("nlh,lhc->nlc", x[0], W)
+    np.testing.assert_allclose(logits, np.einsum("nlc,nl->nc", per_layer, want) + b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("Head", [ScalarMix, LayerAttention])
+def test_heads_learn_and_find_the_informative_layer(Head):
+    X, y = toy(n=600)  # the selector is held tightly: it moves once the evidence is there
+    Xt, yt = toy(seed=1)
+    head = Head(random_state=0).fit(X, y)
+    assert head.score(Xt, yt) > 0.85
+    assert int(np.argmax(head.layer_weights_)) == 2
+    proba = head.predict_proba(Xt)
+    assert proba.shape == (len(Xt), 3) and np.allclose(proba.sum(1), 1, atol=1e-5)
+    assert list(head.classes_) == ["neg", "neu", "pos"]
+    weights = head.layer_weights(Xt)
+    assert weights.shape == (len(Xt), 4) and np.allclose(weights.sum(1), 1, atol=1e-5)
+
+
+def test_seeded_fits_are_identical_and_seeds_differ():
+    X, y = toy()
+    a = LayerAttention(random_state=1).fit(X, y).predict_proba(X)
+    b = LayerAttention(random_state=1).fit(X, y).predict_proba(X)
+    c = LayerAttention(random_state=2).fit(X, y).predict_proba(X)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_sklearn_tools_work():
+    X, y = toy()
+    assert cross_val_score(ScalarMix(epochs_without_validation=100), X, y, cv=3).mean() > 0.5  # chance: 0.33
+    grid = GridSearchCV(LastLayerLogReg(), {"layer": [0, 2]}, cv=3).fit(X, y)
+    assert grid.best_params_ == {"layer": 2}
+    pipe = Pipeline([("head", LayerAttention(epochs_without_validation=100))]).fit(X, y)
+    assert pipe.score(X, y) > 0.8
+
+
+def test_bad_input_names_the_problem_and_fix():
+    X, y = toy()
+    with pytest.raises(ValueError, match=r"3-D array .* X\[:, None, :\]"):
+        ScalarMix().fit(X[:, 0], y)
+    bad = X.copy()
+    bad[7, 1, 1] = np.nan
+    with pytest.raises(ValueError, match=r"NaN or inf features in 1 document\(s\), first rows \[7\]"):
+        LayerAttention().fit(bad, y)
+    with pytest.raises(ValueError, match="only one class"):
+        LayerAttention().fit(X, np.full(len(X), "neg"))
+    with pytest.raises(ValueError, match="dropout must lie in"):
+        ScalarMix(dropout=1.5).fit(X, y)
+    head = ScalarMix(epochs_without_validation=5).fit(X, y)
+    with pytest.raises(ValueError, match=r"\(4, 8\), got \(4, 16\)"):
+        head.predict(np.zeros((2, 4, 16), np.float32))
+    with pytest.raises(ValueError, match="layer=9 does not exist"):
+        LastLayerLogReg(layer=9).fit(X, y)
+
+
+def test_unseen_labels_at_score_are_refused():
+    X, y = toy()
+    head = LastLayerLogReg().fit(X, y)
+    with pytest.raises(ValueError, match=r"labels \['other'\] were not among the training classes"):
+        head.score(X[:3], ["neg", "other", "pos"])
+
+
+def test_validation_folds_train_members_that_early_stop():
+    X, y = toy(n=300)
+    head = LayerAttention(min_val_per_class=20, n_members=3, max_epochs=60, patience=5).fit(X, y)
+    assert head.state_["b"].shape[1] == 3  # three members, each validated on its own fold
+    assert head.score(*toy(seed=1)) > 0.75
+    noise = np.random.default_rng(0).integers(0, 2, 300)  # labels unrelated to X: validation loss rises at once
+    stopped = LayerAttention(min_val_per_class=20, n_members=3, max_epochs=200, patience=5, C=100).fit(X, noise)
+    assert (stopped.state_["best_epoch"] < 150).all()

@@ -1,0 +1,72 @@
+"""Many heads at once equal one at a time; save/load round trips give identical predictions."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from classify import (LastLayerLogReg, LayerAttention, ScalarMix, TokenLayerAttention, check_feature_source,
+                      fit_many, load_head, sample_budget)
+from tests.classify.test_heads import toy
+
+
+@pytest.mark.parametrize("Head", [ScalarMix, LayerAttention])
+def test_batched_heads_equal_sequential_fits(Head):
+    X, y = toy(n=200)
+    row_sets = [sample_budget(y, per_class=k, random_state=s) for k in (4, 16) for s in (0, 1)]
+    seeds = [0, 1, 0, 1]
+    head = Head(epochs_without_validation=50)
+    batched = fit_many(head, X, y, row_sets, seeds)
+    Xt, _ = toy(seed=5)
+    for est, rows, seed in zip(batched, row_sets, seeds):
+        alone = Head(epochs_without_validation=50, random_state=seed).fit(X[rows], y[rows])
+        np.testing.assert_allclose(est.predict_proba(Xt), alone.predict_proba(Xt), atol=2e-4)
+
+
+def test_fit_many_refuses_a_one_class_set():
+    X, y = toy()
+    with pytest.raises(ValueError, match="one class only"):
+        fit_many(LayerAttention(), X, y, [np.flatnonzero(y == "neg")[:5]])
+
+
+@pytest.mark.parametrize("head", [LastLayerLogReg(layer=2), ScalarMix(epochs_without_validation=30),
+                                  LayerAttention(epochs_without_validation=30)])
+def test_save_load_round_trip(tmp_path, head):
+    X, y = toy()
+    head.fit(X, y)
+    head.save(tmp_path / "head", feature_info={"model_id": "m", "n_layers": 4, "hidden_size": 8})
+    assert sorted(p.name for p in (tmp_path / "head").iterdir()) == ["config.json", "weights.safetensors"]
+    loaded = load_head(tmp_path / "head")
+    assert type(loaded) is type(head) and loaded.get_params() == head.get_params()
+    np.testing.assert_array_equal(loaded.predict_proba(X), head.predict_proba(X))
+    assert list(loaded.classes_) == list(head.classes_)
+    with pytest.raises(ValueError, match=r"\(4, 8\), got \(7, 384\)"):
+        loaded.predict(np.zeros((1, 7, 384), np.float32))
+    with pytest.raises(ValueError, match="model_id='m'; the cache has model_id='other'"):
+        check_feature_source(loaded.feature_info_, {"model_id": "other"})
+    head.save(tmp_path / "head")  # overwriting replaces the folder whole
+    assert json.loads((tmp_path / "head" / "config.json").read_text())["feature_info"] == {}
+
+
+def test_loading_refuses_what_is_not_a_head(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_head(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"format": "finetext-head", "version": 1, "class": "os.system"}))
+    with pytest.raises(ValueError, match="unknown head class 'os.system'"):
+        load_head(tmp_path)
+
+
+def test_token_layer_attention_learns_and_round_trips(tmp_path):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 160)
+    docs = []
+    for label in y:  # one informative token hidden among noise tokens, in layer 1
+        doc = rng.normal(size=(rng.integers(3, 9), 3, 6)).astype(np.float32)
+        doc[rng.integers(len(doc)), 1, 0] += 8.0 if label else -8.0
+        docs.append(doc)
+    head = TokenLayerAttention().fit(docs[:120], y[:120])
+    assert head.score(docs[120:], y[120:]) >= 0.8
+    head.save(tmp_path / "tok")
+    loaded = load_head(tmp_path / "tok")
+    np.testing.assert_array_equal(loaded.predict_proba(docs[120:]), head.predict_proba(docs[120:]))
