@@ -84,6 +84,79 @@ def _verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from pipeline.report import summarize, summary_table
+    from pipeline.sweep import SweepConfig, _read_cells, run_sweep
+
+    if args.config:
+        config = SweepConfig.from_toml(args.config)
+        if args.output:
+            config.output = args.output
+    else:
+        if not args.train or not args.output:
+            raise InputError("sweep: give --train CACHE and --output DIR (or --config FILE.toml).")
+        config = SweepConfig(train=args.train, test=args.test, output=args.output, heads=args.heads,
+                             budgets=args.budgets, budget_mode=args.budget_mode, seeds=args.seeds,
+                             pooling=args.pooling, layers=args.layers, test_fraction=args.test_fraction)
+    out = run_sweep(config, progress=not args.quiet)
+    print(summary_table(summarize(_read_cells(out / "cells.jsonl"))))
+    print("\n".join(f"wrote {p}" for p in sorted(out.glob("*")) if p.suffix in (".csv", ".json", ".md", ".png", ".toml")))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from pipeline.workflows import train_head
+
+    path = train_head(args.train, args.head, args.output, budget=args.budget, seed=args.seed,
+                      pooling=args.pooling, layers=args.layers)
+    print(f"saved {args.head} to {path}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from pipeline.workflows import evaluate_head
+
+    label_map = json.loads(open(args.label_map).read()) if args.label_map else None
+    result = evaluate_head(args.head, args.cache, label_map=label_map, output=args.output or args.head)
+    print(f"accuracy {100 * result.accuracy:.2f}%  macro-F1 {100 * result.macro_f1:.2f}%  ({result.n_docs} documents)")
+    width = max(len(label) for label in result.labels)
+    print(" " * (width + 2) + " ".join(f"{label[:6]:>6}" for label in result.labels) + "   (rows: true, columns: predicted)")
+    for label, row in zip(result.labels, result.confusion):
+        print(f"{label:>{width}}  " + " ".join(f"{v:>6}" for v in row))
+    print(f"wrote {args.output or args.head}/confusion_matrix.png and metrics.json")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from pipeline.workflows import predict_texts
+
+    rows = predict_texts(args.head, input=args.input, texts=args.text, output=args.output,
+                         text_column=args.text_column, id_column=args.id_column,
+                         fallback_encoding=args.fallback_encoding, skip_bad_rows=args.skip_bad_rows,
+                         device=args.device)
+    if args.output:
+        print(f"wrote {len(rows)} predictions to {args.output}")
+    else:
+        for r in rows[:50]:
+            p = max(v for k, v in r.items() if k.startswith("p_"))
+            print(f"{r['label']}\t{p:.3f}\t{r['text'][:80]}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from pipeline.report import summarize, summary_table
+    from pipeline.sweep import _read_cells
+    from pipeline.workflows import run_demo
+
+    out = run_demo(args.output, seeds=args.seeds, progress=not args.quiet)
+    print("\nBBC News, packaged all-MiniLM-L6-v2, test accuracy (%) mean ± 95% CI:\n")
+    print(summary_table(summarize(_read_cells(out / "cells.jsonl"))))
+    print("\nplots:\n" + "\n".join(f"  {p}" for p in sorted(out.glob("*.png"))))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="finetext",
@@ -108,6 +181,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--info", action="store_true", help="print what the cache holds when done")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(handler=_extract)
+
+    p = sub.add_parser("sweep", help="label budgets x seeds x heads on cached features: tables and plots",
+                       description="Train the whole grid on cached features and report learning curves.")
+    p.add_argument("--train", help="training cache")
+    p.add_argument("--test", help="test cache (default: a stratified split of the training cache)")
+    p.add_argument("--test-fraction", type=float, default=0.2, help="split size when there is no --test")
+    p.add_argument("--heads", type=_csv_list, default=["last-layer", "scalar-mix", "layer-attention"],
+                   help="comma-separated: last-layer, scalar-mix, layer-attention")
+    p.add_argument("--budgets", type=_csv_list, default=["4", "8", "16", "32", "64"],
+                   help="comma-separated labels per class (or in total, see --budget-mode); 'all' too")
+    p.add_argument("--budget-mode", default="per-class", choices=["per-class", "total"])
+    p.add_argument("--seeds", type=int, default=10, help="seeds per budget (default 10)")
+    p.add_argument("--pooling", default="mean", help="which cached pooling to use")
+    p.add_argument("--layers", type=_int_list, default=None, help="hidden states to use (default: all)")
+    p.add_argument("--output", "-o", help="results folder")
+    p.add_argument("--config", help="rerun a sweep from its config.toml")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_sweep)
+
+    p = sub.add_parser("train", help="fit one head on a cache and save it")
+    p.add_argument("--train", required=True, help="training cache")
+    p.add_argument("--head", default="layer-attention", choices=["last-layer", "scalar-mix", "layer-attention"])
+    p.add_argument("--output", "-o", required=True, help="folder for the saved head")
+    p.add_argument("--budget", type=int, default=None, help="labels per class (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pooling", default="mean")
+    p.add_argument("--layers", type=_int_list, default=None)
+    p.set_defaults(handler=_train)
+
+    p = sub.add_parser("evaluate", help="score a saved head on a cache: metrics and a confusion matrix")
+    p.add_argument("--head", required=True, help="saved head folder")
+    p.add_argument("--cache", required=True, help="labelled cache to score on")
+    p.add_argument("--label-map", help="JSON file mapping the cache's label names to the head's")
+    p.add_argument("--output", "-o", help="folder for metrics.json and confusion_matrix.png (default: the head's)")
+    p.set_defaults(handler=_evaluate)
+
+    p = sub.add_parser("predict", help="classify new texts with a saved head (runs its encoder)")
+    p.add_argument("--head", required=True, help="saved head folder")
+    p.add_argument("--input", help="a .csv/.tsv/.jsonl file or folder of texts")
+    p.add_argument("--text", action="append", help="a text to classify (repeatable)")
+    p.add_argument("--output", "-o", help="CSV to write (id, text, label, one probability column per class)")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--id-column", default=None)
+    p.add_argument("--fallback-encoding", default=None)
+    p.add_argument("--skip-bad-rows", action="store_true")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.set_defaults(handler=_predict)
+
+    p = sub.add_parser("demo", help="BBC News end to end with the packaged MiniLM (no network)")
+    p.add_argument("--output", "-o", default="runs/demo", help="where the cache and the report go")
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_demo)
 
     p = sub.add_parser("info", help="say what a cache holds")
     p.add_argument("cache")

@@ -1,0 +1,190 @@
+"""Tables and plots of a sweep: results.csv/json, summary.md, learning curves, layer weights, layer probes."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from scipy import stats  # noqa: E402
+
+from classify import LastLayerLogReg, sample_budget  # noqa: E402
+
+COLUMNS = ("head", "budget", "seed", "n_train", "accuracy", "macro_f1", "fit_seconds", "rows")
+
+
+def _publish(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _budget_key(budget: str) -> float:
+    return float("inf") if budget == "all" else float(budget)
+
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of the 95% confidence interval (Student's t; 0 for a single value)."""
+    a = np.asarray(values, dtype=float)
+    if len(a) < 2:
+        return float(a.mean()), 0.0
+    return float(a.mean()), float(stats.t.ppf(0.975, len(a) - 1) * a.std(ddof=1) / np.sqrt(len(a)))
+
+
+def summarize(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per head × budget: accuracy and macro-F1 mean ± 95% CI, mean labels and fit seconds."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for c in cells:
+        groups.setdefault((c["head"], c["budget"]), []).append(c)
+    rows = []
+    for (head, budget), group in sorted(groups.items(), key=lambda kv: (kv[0][0], _budget_key(kv[0][1]))):
+        acc, acc_ci = mean_ci([c["accuracy"] for c in group])
+        f1, f1_ci = mean_ci([c["macro_f1"] for c in group])
+        rows.append({"head": head, "budget": budget, "seeds": len(group),
+                     "n_train": float(np.mean([c["n_train"] for c in group])),
+                     "accuracy": acc, "accuracy_ci": acc_ci, "macro_f1": f1, "macro_f1_ci": f1_ci,
+                     "fit_seconds": float(np.mean([c["fit_seconds"] for c in group]))})
+    return rows
+
+
+def summary_table(summary: list[dict[str, Any]]) -> str:
+    """Markdown: heads as rows, budgets as columns, accuracy % mean ± 95% CI."""
+    heads = list(dict.fromkeys(r["head"] for r in summary))
+    budgets = sorted({r["budget"] for r in summary}, key=_budget_key)
+    cell = {(r["head"], r["budget"]): r for r in summary}
+    lines = ["| head | " + " | ".join(f"{b}/class" if b != "all" else "all" for b in budgets) + " |",
+             "|---|" + "---|" * len(budgets)]
+    for h in heads:
+        values = []
+        for b in budgets:
+            r = cell.get((h, b))
+            values.append("" if r is None else f"{100 * r['accuracy']:.1f} ± {100 * r['accuracy_ci']:.1f}")
+        lines.append(f"| {h} | " + " | ".join(values) + " |")
+    return "\n".join(lines)
+
+
+def _plot_learning_curves(path: Path, summary: list[dict[str, Any]]) -> None:
+    fig = learning_curve_figure(summary)
+    _publish(path, lambda p: fig.savefig(p, format="png", dpi=120))
+    plt.close(fig)
+
+
+def learning_curve_figure(summary: list[dict[str, Any]]):
+    """Accuracy against labels (log x), one line with a CI band per head."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for head in dict.fromkeys(r["head"] for r in summary):
+        rows = sorted((r for r in summary if r["head"] == head), key=lambda r: r["n_train"])
+        x = np.array([r["n_train"] for r in rows])
+        y = np.array([100 * r["accuracy"] for r in rows])
+        ci = np.array([100 * r["accuracy_ci"] for r in rows])
+        ax.plot(x, y, marker="o", label=head)
+        ax.fill_between(x, y - ci, y + ci, alpha=0.2)
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled training documents (log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Learning curves (mean ± 95% CI over seeds)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def _plot_layer_weights(path: Path, cells: list[dict[str, Any]], head: str) -> bool:
+    rows = [c for c in cells if c["head"] == head and "layer_weights" in c]
+    if not rows:
+        return False
+    budgets = sorted({c["budget"] for c in rows}, key=_budget_key)
+    weights = np.array([np.mean([c["layer_weights"] for c in rows if c["budget"] == b], axis=0) for b in budgets])
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(budgets) + 2))
+    im = ax.imshow(weights, aspect="auto", cmap="viridis")
+    ax.set_yticks(range(len(budgets)), [f"{b}/class" if b != "all" else "all" for b in budgets])
+    ax.set_xticks(range(weights.shape[1]), ["emb"] + [str(i) for i in range(1, weights.shape[1])])
+    ax.set_xlabel("hidden state (emb = embeddings, then layers)")
+    ax.set_title(f"{head}: mean layer weights per budget")
+    for (i, j), v in np.ndenumerate(weights):
+        ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w", fontsize=8)
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    _publish(path, lambda p: fig.savefig(p, format="png", dpi=120))
+    plt.close(fig)
+    return True
+
+
+def layer_probes(data, budgets: list[str], seeds: int, budget_mode: str) -> dict[str, list[float]]:
+    """Accuracy of logistic regression on each single layer, per budget (mean over up to 3 seeds)."""
+    out = {}
+    for b in budgets:
+        accs = []
+        for seed in range(min(seeds, 3) if b != "all" else 1):
+            if b == "all":
+                rows = np.arange(len(data.y))
+            elif budget_mode == "total":
+                rows = sample_budget(data.y, total=int(b), random_state=seed)
+            else:
+                rows = sample_budget(data.y, per_class=int(b), random_state=seed, fallback="all")
+            accs.append([LastLayerLogReg(layer=layer).fit(data.X[rows], data.y[rows]).score(data.Xt, data.yt)
+                         for layer in range(data.X.shape[1])])
+        out[b] = np.mean(accs, axis=0).tolist()
+    return out
+
+
+def _plot_probes(path: Path, probes: dict[str, list[float]]) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for b, accs in probes.items():
+        ax.plot(range(len(accs)), 100 * np.array(accs), marker="o", label=f"{b}/class" if b != "all" else "all")
+    ax.set_xticks(range(len(accs)), ["emb"] + [str(i) for i in range(1, len(accs))])
+    ax.set_xlabel("hidden state used alone")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Logistic-regression probe on each single layer")
+    ax.grid(True, alpha=0.3)
+    ax.legend(title="labels")
+    fig.tight_layout()
+    _publish(path, lambda p: fig.savefig(p, format="png", dpi=120))
+    plt.close(fig)
+
+
+def write_report(out: Path, cells: list[dict[str, Any]], config, data) -> dict[str, Path]:
+    """Write every table and plot; returns their paths."""
+    cells = sorted(cells, key=lambda c: (config.heads.index(c["head"]) if c["head"] in config.heads else 99,
+                                         _budget_key(c["budget"]), c["seed"]))
+
+    def write_csv(p: Path) -> None:
+        with open(p, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(COLUMNS)
+            for c in cells:
+                w.writerow([c[k] if k != "rows" else " ".join(map(str, c["rows"])) for k in COLUMNS])
+
+    paths = {"results.csv": out / "results.csv", "results.json": out / "results.json",
+             "summary.md": out / "summary.md", "learning_curves.png": out / "learning_curves.png"}
+    _publish(paths["results.csv"], write_csv)
+    _publish(paths["results.json"], lambda p: p.write_text(json.dumps(cells)))
+    summary = summarize(cells)
+    table = summary_table(summary)
+    buf = io.StringIO()
+    buf.write(f"# Sweep summary\n\ntrain: `{config.train}`  test: `{config.test or f'{config.test_fraction:.0%} split'}`"
+              f"  pooling: {config.pooling}  seeds: {config.seeds}  budgets: {config.budget_mode}\n\n")
+    buf.write("Test accuracy (%), mean ± 95% confidence interval over seeds.\n\n" + table + "\n\n")
+    buf.write("| head | budget | labels | macro-F1 (%) | fit seconds |\n|---|---|---|---|---|\n")
+    for r in summary:
+        buf.write(f"| {r['head']} | {r['budget']} | {r['n_train']:.0f} | {100 * r['macro_f1']:.1f} ± "
+                  f"{100 * r['macro_f1_ci']:.1f} | {r['fit_seconds']:.3f} |\n")
+    _publish(paths["summary.md"], lambda p: p.write_text(buf.getvalue()))
+    _plot_learning_curves(paths["learning_curves.png"], summary)
+    if _plot_layer_weights(out / "layer_weights.png", cells, "layer-attention"):
+        paths["layer_weights.png"] = out / "layer_weights.png"
+    probe_path = out / "layer_probe.json"
+    probes = json.loads(probe_path.read_text()) if probe_path.exists() else None
+    if probes is None or set(probes) != set(config.budgets):
+        probes = layer_probes(data, config.budgets, config.seeds, config.budget_mode)
+        _publish(probe_path, lambda p: p.write_text(json.dumps(probes)))
+    paths["layer_probe.png"] = out / "layer_probe.png"
+    _plot_probes(paths["layer_probe.png"], probes)
+    return paths

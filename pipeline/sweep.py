@@ -1,0 +1,231 @@
+"""`finetext sweep`: label budgets × seeds × heads on cached features → a results folder.
+
+Resumable by construction: every finished cell is appended to `cells.jsonl` (one JSON line, flushed and
+fsynced); a rerun skips the cells already there, so no row is ever written twice. The tables and plots are
+written at the end with os.replace.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import accuracy_score, f1_score
+from sklearn.model_selection import train_test_split
+from tqdm.auto import tqdm
+
+from classify import LastLayerLogReg, LayerAttention, ScalarMix, fit_many, sample_budget
+from extract import InputError, open_cache
+
+HEADS = {"last-layer": LastLayerLogReg, "scalar-mix": ScalarMix, "layer-attention": LayerAttention}
+CELL_KEYS = ("head", "budget", "seed")
+
+
+@dataclass
+class SweepConfig:
+    """One experiment. Written back as config.toml; `finetext sweep --config config.toml` reruns it."""
+
+    train: str  # training cache
+    output: str  # results folder
+    test: str | None = None  # test cache; None: a stratified split of the training cache
+    test_fraction: float = 0.2  # used when test is None
+    split_seed: int = 0
+    heads: list[str] = field(default_factory=lambda: ["last-layer", "scalar-mix", "layer-attention"])
+    budgets: list[str] = field(default_factory=lambda: ["4", "8", "16", "32", "64"])  # per class; "all" too
+    budget_mode: str = "per-class"  # per-class | total
+    seeds: int = 10
+    pooling: str = "mean"
+    layers: list[int] | None = None  # hidden states to use; None: all
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)  # head -> hyperparameters
+
+    def __post_init__(self) -> None:
+        bad = [h for h in self.heads if h not in HEADS]
+        if bad or not self.heads:
+            raise InputError(f"heads: expected a comma-separated subset of {','.join(HEADS)}, got {','.join(self.heads)}.")
+        self.budgets = [str(b).strip() for b in self.budgets]
+        for b in self.budgets:
+            if b != "all" and not (b.isdigit() and int(b) > 0):
+                raise InputError(f"budgets: expected positive integers or 'all', got {b!r}.")
+        if self.budget_mode not in ("per-class", "total"):
+            raise InputError(f"budget mode: expected per-class or total, got {self.budget_mode!r}.")
+        if self.seeds < 1:
+            raise InputError(f"seeds: expected a positive integer, got {self.seeds}.")
+        if not 0 < self.test_fraction < 1:
+            raise InputError(f"test fraction: expected a number in (0, 1), got {self.test_fraction}.")
+        unknown = set(self.params) - set(self.heads)
+        if unknown:
+            raise InputError(f"params given for heads not in the sweep: {sorted(unknown)}.")
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike) -> "SweepConfig":
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+        known = set(cls.__dataclass_fields__)
+        config = {k: v for k, v in data.get("sweep", data).items() if k in known}
+        return cls(**config)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def write_config(config: SweepConfig, path: Path, provenance: dict[str, Any]) -> None:
+    """The resolved config as TOML, with library versions and cache fingerprints as comments-free tables."""
+    lines = ["[sweep]"]
+    data = asdict(config)
+    params = data.pop("params")
+    for key, value in data.items():
+        if value is not None:
+            lines.append(f"{key} = {_toml_value(value)}")
+    for head, hp in params.items():
+        lines.append(f"\n[sweep.params.{json.dumps(head)}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in hp.items()]
+    for section, values in provenance.items():
+        lines.append(f"\n[{section}]")
+        lines += [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in values.items() if v is not None]
+    _publish_text(path, "\n".join(lines) + "\n")
+
+
+def _publish_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@dataclass
+class Data:
+    X: np.ndarray  # (n_train, layers, hidden)
+    y: np.ndarray  # label strings
+    Xt: np.ndarray
+    yt: np.ndarray
+    train_meta: dict[str, Any]
+    test_meta: dict[str, Any] | None
+
+
+def load_data(config: SweepConfig) -> Data:
+    with open_cache(config.train) as c:
+        meta = c.meta
+        X = c.features(config.pooling, layers=config.layers)
+        y = np.array(c.label_names, dtype=object)[c.labels]
+        if (c.labels < 0).any():
+            raise InputError(f"{config.train}: {int((c.labels < 0).sum())} documents have no label; a sweep needs "
+                             "a labelled training cache.")
+    if config.test is None:
+        X, Xt, y, yt = train_test_split(X, y, test_size=config.test_fraction, stratify=y,
+                                        random_state=config.split_seed)
+        return Data(X, y, Xt, yt, meta, None)
+    with open_cache(config.test) as c:
+        test_meta = c.meta
+        Xt = c.features(config.pooling, layers=config.layers)
+        yt = np.array(c.label_names, dtype=object)[c.labels]
+    if test_meta["settings_fingerprint"] != meta["settings_fingerprint"]:
+        changed = [f"  {k}: train {meta['settings'].get(k)!r}, test {test_meta['settings'].get(k)!r}"
+                   for k in meta["settings"] if meta["settings"].get(k) != test_meta["settings"].get(k)]
+        raise InputError(
+            f"the caches were built with different settings, so their features are not comparable:\n"
+            f"  {config.train}: settings fingerprint {meta['settings_fingerprint']}\n"
+            f"  {config.test}: settings fingerprint {test_meta['settings_fingerprint']}\n" + "\n".join(changed)
+            + "\nFix: extract both with the same model and options (finetext extract ... --force)."
+        )
+    return Data(X, y.astype(str), Xt, yt.astype(str), meta, test_meta)
+
+
+def _rows_for(config: SweepConfig, y: np.ndarray, budget: str, seed: int) -> np.ndarray:
+    if budget == "all":
+        return np.arange(len(y))
+    k = int(budget)
+    if config.budget_mode == "total":
+        return sample_budget(y, total=k, random_state=seed)
+    return sample_budget(y, per_class=k, random_state=seed, fallback="all")
+
+
+def _read_cells(path: Path) -> list[dict[str, Any]]:
+    """Finished cells; a torn last line (the run was killed while writing it) is dropped."""
+    if not path.exists():
+        return []
+    cells, good_bytes = [], 0
+    with open(path, "rb") as f:
+        for line in f:
+            try:
+                cells.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+            good_bytes += len(line)
+    if good_bytes != path.stat().st_size:
+        with open(path, "r+b") as f:
+            f.truncate(good_bytes)
+    return cells
+
+
+def _append_cells(path: Path, cells: list[dict[str, Any]]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        for cell in cells:
+            f.write(json.dumps(cell) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def run_sweep(config: SweepConfig, progress: bool = True) -> Path:
+    """Train the whole grid on cached features, evaluate each fit on the test set, write the report."""
+    from pipeline.report import write_report
+
+    out = Path(config.output)
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_data(config)
+    provenance = {
+        "train_cache": {k: data.train_meta.get(k) for k in ("corpus_fingerprint", "settings_fingerprint", "model_id")},
+        "test_cache": {k: (data.test_meta or {}).get(k) for k in ("corpus_fingerprint", "settings_fingerprint")},
+        "library_versions": data.train_meta.get("library_versions", {}),
+    }
+    identity = hashlib.sha256(json.dumps([asdict(config) | {"output": None}, provenance["train_cache"],
+                                          provenance["test_cache"]], sort_keys=True).encode()).hexdigest()
+    cells_path = out / "cells.jsonl"
+    stamp = out / "sweep-id"
+    if stamp.exists() and stamp.read_text().strip() != identity:
+        raise InputError(f"{out} holds results of another sweep (other caches or settings). Choose another "
+                         "--output, or delete that folder to start over.")
+    _publish_text(stamp, identity + "\n")
+    write_config(config, out / "config.toml", provenance)
+    done = {tuple(c[k] for k in CELL_KEYS) for c in _read_cells(cells_path)}
+    seeds = list(range(config.seeds))
+    todo = [(h, b) for h in config.heads for b in config.budgets
+            if any((h, b, s) not in done for s in seeds)]
+    n_cells = len(config.heads) * len(config.budgets) * len(seeds)
+    with tqdm(total=n_cells, initial=n_cells - sum(1 for h, b in todo for s in seeds if (h, b, s) not in done),
+              unit="fit", desc="sweep", disable=not progress, dynamic_ncols=True) as bar:
+        for head_name, budget in todo:
+            missing = [s for s in seeds if (head_name, budget, s) not in done]
+            rows = [_rows_for(config, data.y, budget, s) for s in missing]
+            head = HEADS[head_name](**config.params.get(head_name, {}))
+            start = time.perf_counter()
+            fitted = fit_many(head, data.X, data.y, rows, missing)
+            per_fit = (time.perf_counter() - start) / len(fitted)  # the batch's time, shared evenly
+            cells = []
+            for seed, r, model in zip(missing, rows, fitted):
+                pred = model.predict(data.Xt)
+                cell = {"head": head_name, "budget": budget, "seed": seed, "n_train": len(r),
+                        "accuracy": float(accuracy_score(data.yt, pred)),
+                        "macro_f1": float(f1_score(data.yt, pred, average="macro")),
+                        "fit_seconds": per_fit, "rows": r.tolist()}
+                if hasattr(model, "layer_weights_"):
+                    cell["layer_weights"] = [float(w) for w in model.layer_weights_]
+                cells.append(cell)
+            _append_cells(cells_path, cells)
+            bar.update(len(cells))
+    cells = _read_cells(cells_path)
+    write_report(out, cells, config, data)
+    return out

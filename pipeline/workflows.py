@@ -1,0 +1,184 @@
+"""Single runs that compose extract/ and classify/: train, evaluate, predict, and the demo."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from classify import check_feature_source, load_head, sample_budget
+from extract import CorpusSpec, InputError, extract_corpus, iter_records, open_cache, scan
+from pipeline.sweep import HEADS, SweepConfig, run_sweep
+
+
+def feature_info(meta: dict[str, Any], pooling: str, layers: Sequence[int] | None) -> dict[str, Any]:
+    """What a head needs to know to get the same features again: the encoder and how it was pooled."""
+    keys = ("model_id", "model_revision", "weights_sha256", "tokenizer_sha256", "model_type", "n_layers",
+            "hidden_size", "max_length", "compute_dtype", "storage_dtype", "settings_fingerprint",
+            "corpus_fingerprint")
+    return {**{k: meta.get(k) for k in keys}, "pooling": pooling, "layers": list(layers) if layers else None}
+
+
+def train_head(train: str, head: str, output: str, *, budget: int | None = None, seed: int = 0,
+               pooling: str = "mean", layers: Sequence[int] | None = None,
+               params: dict[str, Any] | None = None) -> Path:
+    """Fit one head on a cache (or a per-class budget of it) and save it to `output`."""
+    if head not in HEADS:
+        raise InputError(f"head: expected one of {', '.join(HEADS)}, got {head!r}.")
+    with open_cache(train) as cache:
+        X = cache.features(pooling, layers=layers)
+        if (cache.labels < 0).any():
+            raise InputError(f"{train}: some documents have no label; train on a labelled cache.")
+        y = np.array(cache.label_names, dtype=object)[cache.labels].astype(str)
+        meta = cache.meta
+    rows = np.arange(len(y)) if budget is None else sample_budget(y, per_class=budget, random_state=seed)
+    model = HEADS[head](**{**(params or {}), "random_state": seed}).fit(X[rows], y[rows])
+    info = feature_info(meta, pooling, layers)
+    info["train_rows"] = len(rows)
+    model.save(output, info)
+    return Path(output)
+
+
+@dataclass
+class Evaluation:
+    accuracy: float
+    macro_f1: float
+    labels: list[str]
+    confusion: np.ndarray  # (true, predicted) in `labels` order
+    n_docs: int
+
+
+def evaluate_head(head_dir: str, cache_path: str, *, label_map: dict[str, str] | None = None,
+                  output: str | None = None) -> Evaluation:
+    """Score a saved head on a cache; label_map renames the cache's labels to the head's (out-of-domain)."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+
+    head = load_head(head_dir)
+    info = head.feature_info_
+    with open_cache(cache_path) as cache:
+        check_feature_source(info, cache.meta, cache_name=str(cache_path))
+        X = cache.features(info.get("pooling") or "mean", layers=info.get("layers"))
+        names = np.array(cache.label_names, dtype=object)
+        y = names[cache.labels].astype(str)
+        if (cache.labels < 0).any():
+            raise InputError(f"{cache_path}: some documents have no label; evaluation needs labels.")
+    if label_map:
+        y = np.array([label_map.get(v, v) for v in y])
+    unseen = sorted(set(y) - set(map(str, head.classes_)))
+    if unseen:
+        raise InputError(f"{cache_path}: labels {unseen} are not among the head's classes "
+                         f"{list(map(str, head.classes_))}. Pass --label-map FILE.json mapping them.")
+    pred = head.predict(X)
+    labels = [str(c) for c in head.classes_]
+    result = Evaluation(float(accuracy_score(y, pred)), float(f1_score(y, pred, average="macro")), labels,
+                        confusion_matrix(y, pred, labels=labels), len(y))
+    if output:
+        _plot_confusion(Path(output) / "confusion_matrix.png", result)
+        Path(output, "metrics.json").write_text(json.dumps(
+            {"accuracy": result.accuracy, "macro_f1": result.macro_f1, "labels": labels,
+             "confusion": result.confusion.tolist(), "n_docs": result.n_docs, "cache": str(cache_path)}, indent=1))
+    return result
+
+
+def _plot_confusion(path: Path, result: Evaluation) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = len(result.labels)
+    fig, ax = plt.subplots(figsize=(1 + 0.6 * n, 1 + 0.6 * n))
+    ax.imshow(result.confusion, cmap="Blues")
+    ax.set_xticks(range(n), result.labels, rotation=45, ha="right")
+    ax.set_yticks(range(n), result.labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for (i, j), v in np.ndenumerate(result.confusion):
+        ax.text(j, i, str(v), ha="center", va="center", fontsize=8)
+    ax.set_title(f"accuracy {100 * result.accuracy:.1f}%")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def encode_like(info: dict[str, Any], records: list, device: str = "auto") -> np.ndarray:
+    """Pooled features of new texts with the encoder and settings a head was trained on. (n, layers, hidden)"""
+    from extract.encoder import describe_model, load_model, resolve_device, resolve_model
+    from extract.run import BlockEncoder, ExtractSettings
+
+    model_id = info.get("model_id")
+    revision = info.get("model_revision") or None
+    try:
+        described, tokenizer = describe_model(model_id, revision)
+    except InputError as exc:
+        raise InputError(f"this head was trained on features of {model_id!r} (revision {revision or '-'}), "
+                         f"which cannot be loaded here: {exc}") from None
+    if info.get("weights_sha256") and described.weights_sha256 and described.weights_sha256 != info["weights_sha256"]:
+        raise InputError(f"the model at {model_id!r} is not the one this head was trained on (weights sha256 "
+                         f"{described.weights_sha256[:12]} vs {info['weights_sha256'][:12]}).")
+    pooling = info.get("pooling") or "mean"
+    settings = ExtractSettings(model_id, revision, (pooling,), info.get("max_length"), device,
+                               info.get("compute_dtype") or "fp32", info.get("storage_dtype") or "float16")
+    torch_device = resolve_device(device)
+    encoder = BlockEncoder(load_model(resolve_model(model_id), revision, torch_device, settings.compute_dtype),
+                           tokenizer, torch_device, settings, int(info.get("max_length") or described.position_limit),
+                           None)
+    X = np.concatenate([encoder.encode(encoder.tokenize(records[s:s + 2048]))[f"pool_{pooling}"]
+                        for s in range(0, len(records), 2048)]).astype(np.float32)
+    layers = info.get("layers")
+    return X[:, layers] if layers else X
+
+
+def predict_texts(head_dir: str, *, input: str | None = None, texts: Sequence[str] | None = None,
+                  output: str | None = None, text_column: str = "text", id_column: str | None = None,
+                  fallback_encoding: str | None = None, skip_bad_rows: bool = False,
+                  device: str = "auto") -> list[dict[str, Any]]:
+    """Run the head's encoder over new texts and apply the head; optionally write a CSV."""
+    from extract.corpus import Record
+
+    if (input is None) == (texts is None):
+        raise InputError("predict: give exactly one of --input FILE or --text \"...\".")
+    head = load_head(head_dir)
+    if texts is not None:
+        bad = [i + 1 for i, t in enumerate(texts) if not t or not t.strip()]
+        if bad:
+            raise InputError(f"--text number(s) {bad} are empty; give some text to classify.")
+        records = [Record(i + 1, str(i + 1), t, None, None) for i, t in enumerate(texts)]
+    else:
+        spec = CorpusSpec(input, text_column=text_column, label_column=None, id_column=id_column,
+                          fallback_encoding=fallback_encoding, skip_bad_rows=skip_bad_rows)
+        scan(spec)  # the same bad-input rules as extract, before any model work
+        records = list(iter_records(spec))
+    X = encode_like(head.feature_info_, records, device)
+    proba = head.predict_proba(X)
+    classes = [str(c) for c in head.classes_]
+    rows = [{"id": r.id, "text": r.text, "label": classes[int(p.argmax())],
+             **{f"p_{c}": float(v) for c, v in zip(classes, p)}} for r, p in zip(records, proba)]
+    if output:
+        out = Path(output)
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, out)
+    return rows
+
+
+def run_demo(output: str = "runs/demo", *, seeds: int = 5, budgets: Sequence[str] = ("4", "16", "64"),
+             max_length: int = 256, progress: bool = True) -> Path:
+    """BBC News with the packaged MiniLM: extract once (cached), a small sweep, the report."""
+    out = Path(output)
+    cache = out / "bbc.h5"
+    result = extract_corpus("bbc", cache, max_length=max_length, progress=progress)
+    print(f"{cache}: {result.status}, {result.n_docs} documents")
+    config = SweepConfig(train=str(cache), output=str(out / "sweep"), budgets=list(budgets), seeds=seeds)
+    return run_sweep(config, progress=progress)

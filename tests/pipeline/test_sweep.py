@@ -1,0 +1,122 @@
+"""Sweeps on real caches (tiny BERT over real BBC text): outputs, plots, resume after SIGKILL, config round trip."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import matplotlib.pyplot as plt
+import pytest
+
+from extract import InputError, extract_corpus
+from pipeline.cli import main
+from pipeline.report import learning_curve_figure, summarize
+from pipeline.sweep import SweepConfig, _read_cells, run_sweep
+
+
+@pytest.fixture(scope="module")
+def bbc_cache(tmp_path_factory, bbc_slice, tiny_bert):
+    out = tmp_path_factory.mktemp("cache") / "bbc.h5"
+    extract_corpus(str(bbc_slice), out, model=str(tiny_bert), max_length=64, device="cpu", progress=False)
+    return out
+
+
+def small_config(cache, output, heads=("last-layer", "scalar-mix", "layer-attention"), **kw):
+    fast = {"epochs_without_validation": 20}
+    return SweepConfig(train=str(cache), output=str(output), budgets=["1", "3"], seeds=2, test_fraction=0.3,
+                       heads=list(heads), params={h: fast for h in heads if h != "last-layer"}, **kw)
+
+
+def test_sweep_writes_tables_plots_and_config(tmp_path, bbc_cache, capsys):
+    out = run_sweep(small_config(bbc_cache, tmp_path / "s"), progress=False)
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 * 2 * 2
+    assert {"head", "budget", "seed", "accuracy", "macro_f1", "fit_seconds", "rows"} <= set(rows[0])
+    assert {(r["head"], r["budget"], r["seed"]) for r in rows} == {
+        (h, b, str(s)) for h in ("last-layer", "scalar-mix", "layer-attention") for b in ("1", "3") for s in (0, 1)}
+    assert all(len(r["rows"].split()) == 5 * int(r["budget"]) for r in rows)  # 5 classes, k per class
+    assert len(json.loads((out / "results.json").read_text())) == 12
+    assert "| layer-attention |" in (out / "summary.md").read_text()
+    for name in ("learning_curves.png", "layer_weights.png", "layer_probe.png"):
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and plt.imread(out / name).ndim == 3
+    fig = learning_curve_figure(summarize(_read_cells(out / "cells.jsonl")))
+    assert len(fig.axes[0].get_lines()) == 3  # one line per head
+    plt.close(fig)
+    toml = (out / "config.toml").read_text()
+    assert "corpus_fingerprint" in toml and "torch" in toml
+
+
+def test_config_round_trip_reproduces_the_table(tmp_path, bbc_cache):
+    first = run_sweep(small_config(bbc_cache, tmp_path / "a", heads=["last-layer", "layer-attention"]), progress=False)
+    again = SweepConfig.from_toml(first / "config.toml")
+    again.output = str(tmp_path / "b")
+    second = run_sweep(again, progress=False)
+    strip = lambda p: [{k: v for k, v in c.items() if k != "fit_seconds"} for c in _read_cells(p / "cells.jsonl")]
+    assert strip(first) == strip(second)
+
+
+def test_sweep_refuses_caches_of_different_settings(tmp_path, bbc_cache, bbc_slice, tiny_bert):
+    other = tmp_path / "other.h5"
+    extract_corpus(str(bbc_slice), other, model=str(tiny_bert), max_length=32, device="cpu", progress=False)
+    with pytest.raises(InputError) as err:
+        run_sweep(small_config(bbc_cache, tmp_path / "s", test=str(other)), progress=False)
+    assert "different settings" in str(err.value) and "max_length: train 64, test 32" in str(err.value)
+
+
+def test_killed_sweep_resumes_without_duplicate_rows(tmp_path, bbc_cache):
+    out = tmp_path / "killed"
+    args = ["sweep", "--train", str(bbc_cache), "--output", str(out), "--budgets", "1,2,3,4",
+            "--seeds", "6", "--test-fraction", "0.3", "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args])
+    cells = out / "cells.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (cells.exists() and cells.read_text().count("\n") >= 1):
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = len(_read_cells(cells))
+    assert 1 <= before < 3 * 4 * 6, before
+    assert main(args) == 0
+    keys = [(c["head"], c["budget"], c["seed"]) for c in _read_cells(cells)]
+    assert len(keys) == len(set(keys)) == 3 * 4 * 6
+
+
+def test_train_evaluate_predict(tmp_path, bbc_cache, bbc_slice, capsys):
+    head = tmp_path / "head"
+    assert main(["train", "--train", str(bbc_cache), "--head", "layer-attention", "--output", str(head),
+                 "--budget", "3"]) == 0
+    assert main(["evaluate", "--head", str(head), "--cache", str(bbc_cache)]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy" in out and (head / "confusion_matrix.png").exists()
+    assert json.loads((head / "metrics.json").read_text())["n_docs"] == 30
+    preds = tmp_path / "preds.csv"
+    assert main(["predict", "--head", str(head), "--input", str(bbc_slice), "--output", str(preds)]) == 0
+    with open(preds) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 30 and set(rows[0]) == {"id", "text", "label", "p_business", "p_entertainment",
+                                                "p_politics", "p_sports", "p_tech"}
+    # the same encoder over the same texts gives the cached features, so the same predictions as evaluate
+    assert main(["predict", "--head", str(head), "--text", "Shares fell on the stock market."]) == 0
+    assert main(["predict", "--head", str(head), "--text", "  "]) == 2
+
+
+def test_out_of_domain_evaluation_needs_a_label_map(tmp_path, bbc_cache, bbc_slice, tiny_bert):
+    head = tmp_path / "head"
+    assert main(["train", "--train", str(bbc_cache), "--head", "last-layer", "--output", str(head)]) == 0
+    renamed = tmp_path / "renamed"
+    for d in bbc_slice.iterdir():
+        (renamed / d.name.upper()).mkdir(parents=True)
+        for f in d.iterdir():
+            (renamed / d.name.upper() / f.name).write_bytes(f.read_bytes())
+    other = tmp_path / "other.h5"
+    extract_corpus(str(renamed), other, model=str(tiny_bert), max_length=64, device="cpu", progress=False)
+    assert main(["evaluate", "--head", str(head), "--cache", str(other)]) == 2
+    mapping = tmp_path / "map.json"
+    mapping.write_text(json.dumps({d.name.upper(): d.name for d in bbc_slice.iterdir()}))
+    assert main(["evaluate", "--head", str(head), "--cache", str(other), "--label-map", str(mapping)]) == 0
