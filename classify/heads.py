@@ -94,11 +94,18 @@ class _StackHead(ClassifierMixin, BaseEstimator):
                   seeds: Sequence[int]) -> list[dict[str, np.ndarray]]:
         """Train n_members heads for each row set, in as few stacks as memory allows. One state per set."""
         L, H = X.shape[1:]
-        per_set = max(len(r) for r in row_sets) * L * H * 4
-        step = max(1, MAX_STACK_BYTES // per_set)
-        states: list[dict[str, np.ndarray]] = []
-        for start in range(0, len(row_sets), step):
-            states += self._fit_stack(X, codes, n_classes, row_sets[start:start + step], seeds[start:start + step])
+        # sets of one size share a stack (no padding wasted on small budgets), split to bound memory
+        by_size: dict[int, list[int]] = {}
+        for i, rows in enumerate(row_sets):
+            by_size.setdefault(len(rows), []).append(i)
+        states: list[dict[str, np.ndarray] | None] = [None] * len(row_sets)
+        for size, members in by_size.items():
+            step = max(1, MAX_STACK_BYTES // (size * L * H * 4))
+            for start in range(0, len(members), step):
+                chunk = members[start:start + step]
+                fitted = self._fit_stack(X, codes, n_classes, [row_sets[i] for i in chunk], [seeds[i] for i in chunk])
+                for i, state in zip(chunk, fitted):
+                    states[i] = state
         return states
 
     def _fit_stack(self, X: np.ndarray, codes: np.ndarray, n_classes: int, row_sets: Sequence[np.ndarray],

@@ -73,7 +73,12 @@ class LayerAttentionStack(torch.nn.Module):
         return scores.softmax(-1)
 
     def forward(self, x: torch.Tensor, dropout: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
-        per_layer = torch.einsum("snlh,smlhc->smnlc", x, self.W)  # (S, M, n, L, C)
+        S, n, L, H = x.shape
+        M, C = self.W.shape[1], self.W.shape[-1]
+        # one batched matmul per (set, layer): (n, H) @ (H, M*C), faster than the 5-D einsum on CPU
+        w = self.W.permute(0, 2, 3, 1, 4).reshape(S, L, H, M * C)
+        per_layer = torch.matmul(x.transpose(1, 2), w)  # (S, L, n, M*C)
+        per_layer = per_layer.view(S, L, n, M, C).permute(0, 3, 2, 1, 4)  # (S, M, n, L, C)
         if dropout > 0:  # drop whole layers' votes
             keep = torch.rand(per_layer.shape[:-1], generator=generator) >= dropout
             per_layer = per_layer * keep[..., None] / (1 - dropout)

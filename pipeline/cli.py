@@ -23,7 +23,8 @@ def _int_list(value: str) -> list[int]:
 
 def add_corpus_options(p: argparse.ArgumentParser) -> None:
     """Input options shared by every command that reads text."""
-    p.add_argument("input", help="a .csv/.tsv/.jsonl file, a folder of per-label .txt subfolders, or 'bbc'")
+    p.add_argument("input", help="a .csv/.tsv/.jsonl file, a folder of per-label .txt subfolders, 'bbc', "
+                                 "or a registered dataset name (trec, sst2, banking77, ...)")
     p.add_argument("--text-column", default="text", help="column holding the text (default: text)")
     p.add_argument("--text-pair-column", default=None, help="second text column, for sentence pairs")
     p.add_argument("--label-column", default="label", help="column holding the label (default: label)")
@@ -48,12 +49,21 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def _extract(args: argparse.Namespace) -> int:
-    from extract import extract_corpus
+    from pathlib import Path
 
+    from extract import extract_corpus
+    from pipeline.registry import registry, resolve
+
+    source, columns = args.input, {"text_column": args.text_column, "label_column": args.label_column}
+    if args.input in registry() and not Path(args.input).exists():
+        source, columns = resolve(args.input, args.split)
+    elif args.split:
+        raise InputError(f"--split applies to registered datasets ({', '.join(registry())}), not {args.input!r}.")
     result = extract_corpus(
-        args.input, args.output,
-        text_column=args.text_column, text_pair_column=args.text_pair_column,
-        label_column=None if args.no_labels else args.label_column, id_column=args.id_column,
+        source, args.output,
+        text_column=columns.get("text_column", args.text_column), text_pair_column=args.text_pair_column,
+        label_column=None if args.no_labels else columns.get("label_column", args.label_column),
+        id_column=args.id_column,
         fallback_encoding=args.fallback_encoding, skip_bad_rows=args.skip_bad_rows,
         model=args.model, revision=args.revision, poolings=args.pooling, max_length=args.max_length,
         device=args.device, compute_dtype=args.dtype, storage_dtype=args.storage_dtype,
@@ -177,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hidden states to keep at token level, e.g. 0,3,6 (default: all)")
     p.add_argument("--block-docs", type=int, default=None,
                    help="documents per resumable block (default 2048, 128 with --tokens)")
+    p.add_argument("--split", default=None, help="split of a registered dataset (data/registry.json), e.g. train")
     p.add_argument("--force", action="store_true", help="rebuild a cache made from another corpus or settings")
     p.add_argument("--info", action="store_true", help="print what the cache holds when done")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")

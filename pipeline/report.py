@@ -43,8 +43,9 @@ def summarize(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for c in cells:
         groups.setdefault((c["head"], c["budget"]), []).append(c)
+    order = list(dict.fromkeys(c["head"] for c in cells))  # heads in the order the sweep ran them
     rows = []
-    for (head, budget), group in sorted(groups.items(), key=lambda kv: (kv[0][0], _budget_key(kv[0][1]))):
+    for (head, budget), group in sorted(groups.items(), key=lambda kv: (order.index(kv[0][0]), _budget_key(kv[0][1]))):
         acc, acc_ci = mean_ci([c["accuracy"] for c in group])
         f1, f1_ci = mean_ci([c["macro_f1"] for c in group])
         rows.append({"head": head, "budget": budget, "seeds": len(group),
@@ -87,6 +88,9 @@ def learning_curve_figure(summary: list[dict[str, Any]]):
         ax.plot(x, y, marker="o", label=head)
         ax.fill_between(x, y - ci, y + ci, alpha=0.2)
     ax.set_xscale("log")
+    ticks = sorted({round(r["n_train"]) for r in summary})
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
     ax.set_xlabel("labelled training documents (log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Learning curves (mean ± 95% CI over seeds)")

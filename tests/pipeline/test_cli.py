@@ -53,3 +53,28 @@ def test_help_lists_the_commands(capsys):
     out = capsys.readouterr().out
     for command in all_options():
         assert command in out
+
+
+def test_registered_names_resolve_to_the_verified_mirror(tmp_path, monkeypatch):
+    from pipeline.registry import registry, resolve
+
+    assert {"imdb", "yelp_polarity", "yelp_full", "ag_news", "dbpedia14", "trec", "sst2", "banking77", "bbc"} <= set(registry())
+    monkeypatch.setenv("FINETEXT_DATA", str(tmp_path))
+    (tmp_path / "trec").mkdir()
+    (tmp_path / "trec" / "train.csv").write_text("text,label\nWhat ?,DESC\n")
+    with pytest.raises(Exception, match="sha256 differs"):
+        resolve("trec", "train")
+    with pytest.raises(Exception, match=r"\$FINETEXT_DATA/ag_news/"):
+        resolve("ag_news", "train")
+    with pytest.raises(Exception, match="one of train, test"):
+        resolve("trec", "validation")
+
+
+def test_extract_a_registered_dataset_by_name(tmp_path, tiny_bert, capsys):
+    from tests.conftest import shared_data
+
+    shared_data("trec")
+    out = tmp_path / "trec.h5"
+    assert main(["extract", "trec", "--split", "test", "--model", str(tiny_bert), "-o", str(out), "--quiet",
+                 "--device", "cpu"]) == 0
+    assert "500 documents" in capsys.readouterr().out
