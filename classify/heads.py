@@ -20,7 +20,7 @@ from sklearn.utils.validation import check_is_fitted
 from classify.features import check_features, check_known_labels, layer_stats
 from classify.stack import LayerAttentionStack, ScalarMixStack, TrainConfig, train_stack
 
-MAX_STACK_BYTES = 1 << 30  # features gathered for one stack of heads; larger jobs are split
+MAX_STACK_BYTES = 16 << 20  # features per stack: measured fastest on CPU (cache-sized; 1 GiB stacks ran 1.8x slower)
 
 
 def _fold_of(rows_y: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
@@ -39,9 +39,9 @@ class _StackHead(ClassifierMixin, BaseEstimator):
     _stack: type[torch.nn.Module] = ScalarMixStack
     _parameter_constraints: dict[str, Any] = {}
 
-    def __init__(self, *, n_members: int = 5, normalize: str = "standard", lr: float = 1e-2,
+    def __init__(self, *, n_members: int = 5, normalize: str = "standard", lr: float = 3e-2,
                  C: float = 0.5, dropout: float = 0.0, max_epochs: int = 300, patience: int = 20,
-                 validation: str = "auto", min_val_per_class: int = 100, epochs_without_validation: int = 300,
+                 validation: str = "auto", min_val_per_class: int = 100, epochs_without_validation: int = 100,
                  class_weight: str | None = None, random_state: int | None = 0) -> None:
         self.n_members = n_members
         self.normalize = normalize

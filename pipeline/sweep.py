@@ -201,14 +201,14 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> Path:
     _publish_text(stamp, identity + "\n")
     write_config(config, out / "config.toml", provenance)
     done = {tuple(c[k] for k in CELL_KEYS) for c in _read_cells(cells_path)}
-    seeds = list(range(config.seeds))
-    todo = [(h, b) for h in config.heads for b in config.budgets
-            if any((h, b, s) not in done for s in seeds)]
-    n_cells = len(config.heads) * len(config.budgets) * len(seeds)
-    with tqdm(total=n_cells, initial=n_cells - sum(1 for h, b in todo for s in seeds if (h, b, s) not in done),
-              unit="fit", desc="sweep", disable=not progress, dynamic_ncols=True) as bar:
+    # all the data is the same rows whatever the seed: one fit, not `seeds` copies of it
+    seeds_of = {b: [0] if b == "all" else list(range(config.seeds)) for b in config.budgets}
+    grid = [(h, b, s) for h in config.heads for b in config.budgets for s in seeds_of[b]]
+    todo = list(dict.fromkeys((h, b) for h, b, s in grid if (h, b, s) not in done))
+    with tqdm(total=len(grid), initial=sum(cell in done for cell in grid), unit="fit", desc="sweep",
+              disable=not progress, dynamic_ncols=True) as bar:
         for head_name, budget in todo:
-            missing = [s for s in seeds if (head_name, budget, s) not in done]
+            missing = [s for s in seeds_of[budget] if (head_name, budget, s) not in done]
             rows = [_rows_for(config, data.y, budget, s) for s in missing]
             head = HEADS[head_name](**config.params.get(head_name, {}))
             start = time.perf_counter()
