@@ -29,6 +29,7 @@ class ScalarMixStack(torch.nn.Module):
 
     def __init__(self, S: int, M: int, L: int, H: int, C: int, generator: torch.Generator) -> None:
         super().__init__()
+        self.register_buffer("p0", torch.zeros(S, M, L))  # the selector's prior; the penalty pulls w to it
         self.w = torch.nn.Parameter(torch.zeros(S, M, L))  # uniform mix at the start
         self.gamma = torch.nn.Parameter(torch.ones(S, M))
         self.W = torch.nn.Parameter(torch.randn(S, M, H, C, generator=generator) * 0.01)
@@ -48,7 +49,7 @@ class ScalarMixStack(torch.nn.Module):
 
     def penalty(self) -> torch.Tensor:
         """(S, M) squared L2 norm of the classifier weights, plus the mixing weights held tightly."""
-        return (self.W ** 2).sum((-2, -1)) + SELECTOR_L2 * (self.w ** 2).sum(-1)
+        return (self.W ** 2).sum((-2, -1)) + SELECTOR_L2 * ((self.w - self.p0) ** 2).sum(-1)
 
 
 class LayerAttentionStack(torch.nn.Module):
@@ -61,6 +62,7 @@ class LayerAttentionStack(torch.nn.Module):
 
     def __init__(self, S: int, M: int, L: int, H: int, C: int, generator: torch.Generator) -> None:
         super().__init__()
+        self.register_buffer("p0", torch.zeros(S, M, L))  # the selector's prior; the penalty pulls w to it
         self.w = torch.nn.Parameter(torch.zeros(S, M, L))  # p: per-layer prior score
         self.u = torch.nn.Parameter(torch.zeros(S, M, L, H))
         self.W = torch.nn.Parameter(torch.randn(S, M, L, H, C, generator=generator) * 0.01)
@@ -86,7 +88,7 @@ class LayerAttentionStack(torch.nn.Module):
         return torch.einsum("smnlc,smnl->smnc", per_layer, alpha) + self.b[:, :, None, :]
 
     def penalty(self) -> torch.Tensor:
-        return (self.W ** 2).sum((-3, -2, -1)) + SELECTOR_L2 * ((self.u ** 2).sum((-2, -1)) + (self.w ** 2).sum(-1))
+        return (self.W ** 2).sum((-3, -2, -1)) + SELECTOR_L2 * ((self.u ** 2).sum((-2, -1)) + ((self.w - self.p0) ** 2).sum(-1))
 
 
 @dataclass

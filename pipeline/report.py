@@ -66,7 +66,12 @@ def summary_table(summary: list[dict[str, Any]]) -> str:
         values = []
         for b in budgets:
             r = cell.get((h, b))
-            values.append("" if r is None else f"{100 * r['accuracy']:.1f} ± {100 * r['accuracy_ci']:.1f}")
+            if r is None:
+                values.append("")
+            elif r["seeds"] == 1:  # e.g. all the data: one fit, no interval
+                values.append(f"{100 * r['accuracy']:.1f}")
+            else:
+                values.append(f"{100 * r['accuracy']:.1f} ± {100 * r['accuracy_ci']:.1f}")
         lines.append(f"| {h} | " + " | ".join(values) + " |")
     return "\n".join(lines)
 

@@ -121,3 +121,17 @@ def test_validation_folds_train_members_that_early_stop():
     noise = np.random.default_rng(0).integers(0, 2, 300)  # labels unrelated to X: validation loss rises at once
     stopped = LayerAttention(min_val_per_class=20, n_members=3, max_epochs=200, patience=5, C=100).fit(X, noise)
     assert (stopped.state_["best_epoch"] < 150).all()
+
+
+def test_layer_prior_auto_chooses_by_cross_validation():
+    X, y = toy(n=200)
+    X[:, -1] = X[:, 2]  # the last layer carries the signal too: the last-layer prior must not lose
+    head = LayerAttention(layer_prior="auto", epochs_without_validation=50).fit(X, y)
+    assert head.state_["p0"].shape == (1, 1, 4)
+    Xt, yt = toy(seed=1)
+    Xt[:, -1] = Xt[:, 2]
+    assert head.score(Xt, yt) > 0.8
+    p0 = head.state_["p0"][0, 0]  # one of the two candidate priors: uniform, or last-layer-heavy
+    assert np.allclose(p0, 0) or (np.allclose(p0[:-1], 0) and p0[-1] > 0)
+    with pytest.raises(ValueError, match="layer_prior must be one of"):
+        LayerAttention(layer_prior="first").fit(X, y)
