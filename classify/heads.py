@@ -7,7 +7,6 @@ epochs. Predictions average the members' probabilities.
 """
 from __future__ import annotations
 
-from dataclasses import asdict
 from numbers import Integral, Real
 from typing import Any, Sequence
 

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from classify import check_feature_source, load_head, sample_budget
 from extract import CorpusSpec, InputError, extract_corpus, iter_records, open_cache, scan

@@ -18,10 +18,10 @@ def test_per_class_is_stratified_seeded_and_nested():
 
 
 def test_same_rows_on_any_machine():
-    # PCG64 seeded from sha256: a fixed expectation, recorded once
+    # PCG64 seeded from sha256 of (seed, class): these rows were recorded once and must never change,
+    # or every published learning curve would silently use other documents
     rows = sample_budget(np.repeat(np.arange(3), 20), per_class=2, random_state=0)
-    again = sample_budget(np.repeat(np.arange(3), 20), per_class=2, random_state=0)
-    assert np.array_equal(rows, again) and len(rows) == 6 and np.all(np.diff(rows) > 0)
+    assert rows.tolist() == [13, 17, 28, 35, 46, 56]
 
 
 def test_total_is_proportional_with_one_per_class_at_least():
