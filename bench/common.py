@@ -50,8 +50,8 @@ def load(name: str, pooling: str = "mean") -> tuple[np.ndarray, np.ndarray, np.n
 
     train, test = build(name)
     with open_cache(train) as c:
-        X, y = c.features(pooling), np.array(c.label_names)[c.labels]
+        X, y = c.features(pooling), c.label_strings()
     if test is None:
         return tuple(train_test_split(X, y, test_size=0.2, stratify=y, random_state=0)[i] for i in (0, 2, 1, 3))
     with open_cache(test) as c:
-        return X, y, c.features(pooling), np.array(c.label_names)[c.labels]
+        return X, y, c.features(pooling), c.label_strings()

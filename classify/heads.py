@@ -229,7 +229,7 @@ class _StackHead(ClassifierMixin, BaseEstimator):
         M = self.state_["b"].shape[1]
         module = self._stack(1, M, self.n_layers_, self.hidden_size_, len(self.classes_), torch.Generator())
         module.load_state_dict({k: torch.from_numpy(v) for k, v in self.state_.items()
-                                if k not in ("mean", "std", "best_epoch")}, strict=False)
+                                if k not in ("mean", "std", "best_epoch")})
         return module.eval()
 
     def _normalised(self, X: np.ndarray) -> torch.Tensor:

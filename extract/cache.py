@@ -17,7 +17,7 @@ from typing import Any, Iterable, Sequence
 import h5py
 import numpy as np
 
-from extract.errors import CacheFormatError
+from extract.errors import CacheFormatError, InputError
 
 FORMAT = "finetext-cache"
 SCHEMA_VERSION = 1
@@ -235,6 +235,14 @@ class Cache:
     def labels(self) -> np.ndarray:
         """(n_docs,) int32 index into label_names; -1 for an unlabeled document."""
         return self._file["labels"][()]
+
+    def label_strings(self) -> np.ndarray:
+        """(n_docs,) label names as str. Refuses unlabeled documents: label -1 would index the last name."""
+        labels = self.labels
+        if (labels < 0).any():
+            raise InputError(f"{self.path}: {int((labels < 0).sum())} documents have no label; this needs a "
+                             "labelled cache (extract it with --label-column).")
+        return np.array(self.label_names, dtype=object)[labels].astype(str)
 
     @property
     def ids(self) -> list[str]:

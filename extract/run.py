@@ -137,7 +137,7 @@ def _blocks(records: Iterator[Record], size: int) -> Iterator[list[Record]]:
 
 
 def _prefetched(blocks: Iterator[tuple[int, list[Record]]], tokenize, pool: ThreadPoolExecutor) -> Iterator[tuple]:
-    """Read and tokenise block b+1 in a worker thread while block b runs through the model."""
+    """Tokenise block b+1 in a worker thread while block b runs through the model."""
     ahead = None
     for b, block in blocks:
         future = pool.submit(tokenize, block)

@@ -6,6 +6,7 @@ import sys
 from typing import Callable, Sequence
 
 from extract import CacheFormatError, CacheMismatchError, InputError, POOLINGS
+from pipeline.sweep import HEADS
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -198,8 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", help="training cache")
     p.add_argument("--test", help="test cache (default: a stratified split of the training cache)")
     p.add_argument("--test-fraction", type=float, default=0.2, help="split size when there is no --test")
-    p.add_argument("--heads", type=_csv_list, default=["last-layer", "scalar-mix", "layer-attention"],
-                   help="comma-separated: last-layer, scalar-mix, layer-attention")
+    p.add_argument("--heads", type=_csv_list, default=list(HEADS), help=f"comma-separated: {', '.join(HEADS)}")
     p.add_argument("--budgets", type=_csv_list, default=["4", "8", "16", "32", "64"],
                    help="comma-separated labels per class (or in total, see --budget-mode); 'all' too")
     p.add_argument("--budget-mode", default="per-class", choices=["per-class", "total"])
@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="fit one head on a cache and save it")
     p.add_argument("--train", required=True, help="training cache")
-    p.add_argument("--head", default="layer-attention", choices=["last-layer", "scalar-mix", "layer-attention"])
+    p.add_argument("--head", default="layer-attention", choices=list(HEADS))
     p.add_argument("--output", "-o", required=True, help="folder for the saved head")
     p.add_argument("--budget", type=int, default=None, help="labels per class (default: all)")
     p.add_argument("--seed", type=int, default=0)

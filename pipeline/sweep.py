@@ -36,7 +36,7 @@ class SweepConfig:
     test: str | None = None  # test cache; None: a stratified split of the training cache
     test_fraction: float = 0.2  # used when test is None
     split_seed: int = 0
-    heads: list[str] = field(default_factory=lambda: ["last-layer", "scalar-mix", "layer-attention"])
+    heads: list[str] = field(default_factory=lambda: list(HEADS))
     budgets: list[str] = field(default_factory=lambda: ["4", "8", "16", "32", "64"])  # per class; "all" too
     budget_mode: str = "per-class"  # per-class | total
     seeds: int = 10
@@ -120,10 +120,7 @@ def load_data(config: SweepConfig) -> Data:
     with open_cache(config.train) as c:
         meta = c.meta
         X = c.features(config.pooling, layers=config.layers)
-        y = np.array(c.label_names, dtype=object)[c.labels]
-        if (c.labels < 0).any():
-            raise InputError(f"{config.train}: {int((c.labels < 0).sum())} documents have no label; a sweep needs "
-                             "a labelled training cache.")
+        y = c.label_strings()
     if config.test is None:
         X, Xt, y, yt = train_test_split(X, y, test_size=config.test_fraction, stratify=y,
                                         random_state=config.split_seed)
@@ -131,7 +128,7 @@ def load_data(config: SweepConfig) -> Data:
     with open_cache(config.test) as c:
         test_meta = c.meta
         Xt = c.features(config.pooling, layers=config.layers)
-        yt = np.array(c.label_names, dtype=object)[c.labels]
+        yt = c.label_strings()
     if test_meta["settings_fingerprint"] != meta["settings_fingerprint"]:
         changed = [f"  {k}: train {meta['settings'].get(k)!r}, test {test_meta['settings'].get(k)!r}"
                    for k in meta["settings"] if meta["settings"].get(k) != test_meta["settings"].get(k)]
@@ -141,7 +138,7 @@ def load_data(config: SweepConfig) -> Data:
             f"  {config.test}: settings fingerprint {test_meta['settings_fingerprint']}\n" + "\n".join(changed)
             + "\nFix: extract both with the same model and options (finetext extract ... --force)."
         )
-    return Data(X, y.astype(str), Xt, yt.astype(str), meta, test_meta)
+    return Data(X, y, Xt, yt, meta, test_meta)
 
 
 def _rows_for(config: SweepConfig, y: np.ndarray, budget: str, seed: int) -> np.ndarray:

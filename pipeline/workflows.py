@@ -31,9 +31,7 @@ def train_head(train: str, head: str, output: str, *, budget: int | None = None,
         raise InputError(f"head: expected one of {', '.join(HEADS)}, got {head!r}.")
     with open_cache(train) as cache:
         X = cache.features(pooling, layers=layers)
-        if (cache.labels < 0).any():
-            raise InputError(f"{train}: some documents have no label; train on a labelled cache.")
-        y = np.array(cache.label_names, dtype=object)[cache.labels].astype(str)
+        y = cache.label_strings()
         meta = cache.meta
     rows = np.arange(len(y)) if budget is None else sample_budget(y, per_class=budget, random_state=seed)
     model = HEADS[head](**{**(params or {}), "random_state": seed}).fit(X[rows], y[rows])
@@ -62,10 +60,7 @@ def evaluate_head(head_dir: str, cache_path: str, *, label_map: dict[str, str] |
     with open_cache(cache_path) as cache:
         check_feature_source(info, cache.meta, cache_name=str(cache_path))
         X = cache.features(info.get("pooling") or "mean", layers=info.get("layers"))
-        names = np.array(cache.label_names, dtype=object)
-        y = names[cache.labels].astype(str)
-        if (cache.labels < 0).any():
-            raise InputError(f"{cache_path}: some documents have no label; evaluation needs labels.")
+        y = cache.label_strings()
     if label_map:
         y = np.array([label_map.get(v, v) for v in y])
     unseen = sorted(set(y) - set(map(str, head.classes_)))

@@ -120,3 +120,14 @@ def test_out_of_domain_evaluation_needs_a_label_map(tmp_path, bbc_cache, bbc_sli
     mapping = tmp_path / "map.json"
     mapping.write_text(json.dumps({d.name.upper(): d.name for d in bbc_slice.iterdir()}))
     assert main(["evaluate", "--head", str(head), "--cache", str(other), "--label-map", str(mapping)]) == 0
+
+
+def test_sweep_refuses_an_unlabeled_test_cache(tmp_path, bbc_cache, bbc_slice, tiny_bert):
+    texts = tmp_path / "texts.csv"
+    with open(texts, "w", newline="") as f:
+        csv.writer(f).writerows([["text"]] + [[p.read_text(errors="replace")] for p in sorted(bbc_slice.glob("*/*.txt"))])
+    unlabeled = tmp_path / "unlabeled.h5"
+    extract_corpus(str(texts), unlabeled, model=str(tiny_bert), max_length=64, label_column=None,
+                   device="cpu", progress=False)
+    with pytest.raises(InputError, match="30 documents have no label"):
+        run_sweep(small_config(bbc_cache, tmp_path / "s", test=str(unlabeled)), progress=False)
