@@ -58,3 +58,13 @@ def sample_budget(y: np.ndarray, *, per_class: int | None = None, total: int | N
         members = np.flatnonzero(y == c)
         rows.append(members[_rng(random_state, str(c)).permutation(len(members))[:k]])
     return np.sort(np.concatenate(rows))
+
+
+def stratified_folds(labels: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
+    """Stratified fold id per row: each class's rows shuffled (seeded) then dealt round-robin. (n,)"""
+    folds = np.empty(len(labels), dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        folds[members[rng.permutation(len(members))]] = np.arange(len(members)) % n_folds
+    return folds

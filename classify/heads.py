@@ -16,21 +16,12 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
+from classify.budget import stratified_folds
 from classify.features import check_features, check_known_labels, layer_stats
 from classify.stack import LayerAttentionStack, ScalarMixStack, TrainConfig, train_stack, validation_loss
 
 LAST_LAYER_PRIOR = 4.0  # prior score of the last layer in the last-layer-heavy candidate: α_last ≈ 0.9 of 7
 MAX_STACK_BYTES = 16 << 20  # features per stack: measured fastest on CPU (cache-sized; 1 GiB stacks ran 1.8x slower)
-
-
-def _fold_of(rows_y: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
-    """Stratified fold id per row: each class's rows shuffled (seeded) then dealt round-robin."""
-    folds = np.empty(len(rows_y), dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    for c in np.unique(rows_y):
-        members = np.flatnonzero(rows_y == c)
-        folds[members[rng.permutation(len(members))]] = np.arange(len(members)) % n_folds
-    return folds
 
 
 class _StackHead(ClassifierMixin, BaseEstimator):
@@ -170,11 +161,11 @@ class _StackHead(ClassifierMixin, BaseEstimator):
             balance = (n / (n_classes * np.maximum(counts, 1)))[codes[rows]] \
                 if self.class_weight == "balanced" else np.ones(n, np.float32)
             if folds is not None:  # member m validates on fold folds[s][m]
-                fold = _fold_of(codes[rows], n_folds, seed)
+                fold = stratified_folds(codes[rows], n_folds, seed)
                 w_val[s, :, :n] = fold[None, :] == folds[s][:, None]
                 w_train[s, :, :n] = balance[None, :] * (1 - w_val[s, :, :n])
             elif use_val:  # member m validates on fold m and trains on the rest
-                fold = _fold_of(codes[rows], M, seed)
+                fold = stratified_folds(codes[rows], M, seed)
                 w_val[s, :, :n] = fold[None, :] == np.arange(M)[:, None]
                 w_train[s, :, :n] = balance[None, :] * (1 - w_val[s, :, :n])
             else:

@@ -27,12 +27,8 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def save_head(head: Any, directory: str | os.PathLike, feature_info: dict[str, Any] | None = None) -> Path:
-    """Write `config.json` and `weights.safetensors` into `directory`, atomically (a new folder replaces it).
-
-    feature_info: what the features came from (model id, weights hash, pooling, cache fingerprint), checked
-    again when the head is used on another cache.
-    """
+def write_head_files(head: Any, directory: str | os.PathLike, feature_info: dict[str, Any] | None = None) -> None:
+    """Write `config.json` and `weights.safetensors` into an existing folder (not atomic: see save_head)."""
     directory = Path(directory)
     arrays, extra = head._export()
     classes = [_plain(c) for c in head.classes_]
@@ -44,22 +40,43 @@ def save_head(head: Any, directory: str | os.PathLike, feature_info: dict[str, A
         "classes": classes, "n_layers": head.n_layers_, "hidden_size": head.hidden_size_,
         "feature_info": feature_info or {}, **extra,
     }
+    (directory / "config.json").write_text(json.dumps(config, indent=1))
+    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(directory / "weights.safetensors"))
+
+
+def staging_dir(directory: str | os.PathLike) -> Path:
+    """A fresh empty folder beside `directory`, to be published with replace_dir."""
+    directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    return Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+
+
+def replace_dir(staged: Path, directory: str | os.PathLike) -> Path:
+    """Publish a finished staging folder as `directory`, replacing an older one only once the new is complete."""
+    directory = Path(directory)
+    if directory.exists():
+        old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+        os.replace(directory, old)
+        os.replace(staged, directory)
+        shutil.rmtree(old)
+    else:
+        os.replace(staged, directory)
+    return directory
+
+
+def save_head(head: Any, directory: str | os.PathLike, feature_info: dict[str, Any] | None = None) -> Path:
+    """Write `config.json` and `weights.safetensors` into `directory`, atomically (a new folder replaces it).
+
+    feature_info: what the features came from (model id, weights hash, pooling, cache fingerprint), checked
+    again when the head is used on another cache.
+    """
+    tmp = staging_dir(directory)
     try:
-        (tmp / "config.json").write_text(json.dumps(config, indent=1))
-        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp / "weights.safetensors"))
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-            os.replace(directory, old)
-            os.replace(tmp, directory)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, directory)
+        write_head_files(head, tmp, feature_info)
+        return replace_dir(tmp, directory)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-    return directory
 
 
 def read_config(directory: str | os.PathLike) -> dict[str, Any]:
@@ -91,7 +108,10 @@ def load_head(directory: str | os.PathLike) -> Any:
 
 def check_feature_source(feature_info: dict[str, Any], cache_meta: dict[str, Any], cache_name: str = "the cache") -> None:
     """Refuse features from another model than the head was trained on, naming both."""
-    for key in ("weights_sha256", "model_id", "n_layers", "hidden_size"):
+    keys = ["weights_sha256", "model_id", "n_layers", "hidden_size"]
+    if feature_info.get("weights_sha256") and feature_info.get("weights_sha256") == cache_meta.get("weights_sha256"):
+        keys.remove("model_id")  # the same weights under another path (a fine-tuned encoder/ folder, say)
+    for key in keys:
         mine, theirs = feature_info.get(key), cache_meta.get(key)
         if mine and theirs and mine != theirs:
             raise ValueError(

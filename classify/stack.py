@@ -44,7 +44,7 @@ class ScalarMixStack(torch.nn.Module):
         """x (S, n, L, H) -> logits (S, M, n, C)"""
         z = self.gamma[..., None, None] * torch.einsum("snlh,sml->smnh", x, self.w.softmax(-1))  # (S, M, n, H)
         if dropout > 0:
-            z = z * (torch.rand(z.shape, generator=generator) >= dropout) / (1 - dropout)
+            z = z * (torch.rand(z.shape, generator=generator, device=z.device) >= dropout) / (1 - dropout)
         return torch.einsum("smnh,smhc->smnc", z, self.W) + self.b[:, :, None, :]
 
     def penalty(self) -> torch.Tensor:
@@ -82,7 +82,7 @@ class LayerAttentionStack(torch.nn.Module):
         per_layer = torch.matmul(x.transpose(1, 2), w)  # (S, L, n, M*C)
         per_layer = per_layer.view(S, L, n, M, C).permute(0, 3, 2, 1, 4)  # (S, M, n, L, C)
         if dropout > 0:  # drop whole layers' votes
-            keep = torch.rand(per_layer.shape[:-1], generator=generator) >= dropout
+            keep = torch.rand(per_layer.shape[:-1], generator=generator, device=x.device) >= dropout
             per_layer = per_layer * keep[..., None] / (1 - dropout)
         alpha = self.layer_weights(x)  # (S, M, n, L)
         return torch.einsum("smnlc,smnl->smnc", per_layer, alpha) + self.b[:, :, None, :]

@@ -124,13 +124,31 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _corpus_spec(args: argparse.Namespace, source: str, split: str | None = None):
+    """A CorpusSpec from the shared corpus options; a registered dataset name reads its mirror."""
+    from pathlib import Path
+
+    from extract import CorpusSpec
+    from pipeline.registry import registry, resolve
+
+    columns = {"text_column": args.text_column, "label_column": args.label_column}
+    if source in registry() and not Path(source).exists():
+        source, options = resolve(source, split)
+        columns |= options
+    return CorpusSpec(source, text_column=columns["text_column"], text_pair_column=args.text_pair_column,
+                      label_column=None if args.no_labels else columns["label_column"], id_column=args.id_column,
+                      fallback_encoding=args.fallback_encoding, skip_bad_rows=args.skip_bad_rows)
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     import json
 
     from pipeline.workflows import evaluate_head
 
     label_map = json.loads(open(args.label_map).read()) if args.label_map else None
-    result = evaluate_head(args.head, args.cache, label_map=label_map, output=args.output or args.head)
+    corpus = _corpus_spec(args, args.input, args.split or "test") if args.input else None
+    result = evaluate_head(args.head, args.cache, corpus=corpus, label_map=label_map,
+                           output=args.output or args.head, device=args.device)
     print(f"accuracy {100 * result.accuracy:.2f}%  macro-F1 {100 * result.macro_f1:.2f}%  ({result.n_docs} documents)")
     width = max(len(label) for label in result.labels)
     print(" " * (width + 2) + " ".join(f"{label[:6]:>6}" for label in result.labels) + "   (rows: true, columns: predicted)")
@@ -154,6 +172,96 @@ def _predict(args: argparse.Namespace) -> int:
             p = max(v for k, v in r.items() if k.startswith("p_"))
             print(f"{r['label']}\t{p:.3f}\t{r['text'][:80]}")
     return 0
+
+
+def _finetune_settings(args: argparse.Namespace):
+    from pipeline.finetune import FinetuneSettings
+
+    return FinetuneSettings(
+        head=args.head, pooling=args.pooling, max_length=args.max_length or 128, epochs=args.epochs,
+        min_steps=args.min_steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
+        layer_decay=args.layer_decay, head_lr=args.head_lr, warmup=args.warmup, validation=args.validation,
+        patience=args.patience, seed=args.seed, device=args.device, precision=args.precision)
+
+
+def _print_tasks(metrics: dict, output: str) -> None:
+    for t in metrics["tasks"]:
+        acc = "" if t["test_accuracy"] is None else f"  test accuracy {100 * t['test_accuracy']:.2f}%"
+        print(f"{t['name']}: {t['n_train']} training documents{acc}")
+    print(f"trained {metrics['epochs_run']} epochs in {metrics['train_seconds']:.0f} s on {metrics['device']}; "
+          f"saved to {output} (metrics.json)")
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pipeline.finetune import Task, finetune, read_corpus
+    from pipeline.registry import registry
+
+    registered = args.input in registry() and not Path(args.input).exists()
+    train = read_corpus(_corpus_spec(args, args.input, args.split or "train"))
+    test_source = args.test or (args.input if registered and "test" in registry()[args.input].get("splits", {}) else None)
+    test = read_corpus(_corpus_spec(args, test_source, "test")) if test_source else None
+    name = args.name or (args.input if registered else Path(args.input).stem)
+    metrics = finetune([Task(name, train, test, args.budget)], args.output, model=args.model,
+                       revision=args.revision, settings=_finetune_settings(args), progress=not args.quiet)
+    _print_tasks(metrics, args.output)
+    return 0
+
+
+def _multitask(args: argparse.Namespace) -> int:
+    from pipeline.multitask import parse_task, run_multitask
+
+    tasks = [parse_task(t) for t in args.tasks]
+    metrics = run_multitask(tasks, args.output, cached=args.cached, compare=not args.no_compare,
+                            budget=args.budget, model=args.model, settings=_finetune_settings(args),
+                            progress=not args.quiet)
+    for row in metrics["comparison"]:
+        print(f"{row['task']:>12}  {row['method']:<28} accuracy {100 * row['accuracy']:.2f}%  "
+              f"training {row['train_seconds']:.1f} s")
+    print(f"wrote {args.output}/metrics.json")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from pipeline.compare import compare_runs
+
+    table, paths = compare_runs(args.runs, args.output, task=args.task)
+    print(table)
+    print("\n".join(f"wrote {p}" for p in paths))
+    return 0
+
+
+def add_finetune_options(p: argparse.ArgumentParser) -> None:
+    from pipeline.finetune import FINETUNE_HEADS, PRECISIONS, FinetuneSettings
+
+    d = FinetuneSettings()
+    p.add_argument("--model", default=None,
+                   help="Hugging Face name or local folder (default: the packaged all-MiniLM-L6-v2)")
+    p.add_argument("--revision", default=None, help="model branch, tag or commit on the hub")
+    p.add_argument("--max-length", type=int, default=None, help=f"tokens per document (default {d.max_length})")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--head", default=d.head, choices=list(FINETUNE_HEADS), help="the head on top of the encoder")
+    p.add_argument("--pooling", default=d.pooling, choices=list(POOLINGS))
+    p.add_argument("--budget", type=int, default=None, help="labels per class drawn from the training corpus (default: all)")
+    p.add_argument("--seed", type=int, default=d.seed, help="budget draw, initialisation and batch order")
+    p.add_argument("--epochs", type=int, default=d.epochs, help=f"passes over the training data (default {d.epochs})")
+    p.add_argument("--min-steps", type=int, default=d.min_steps,
+                   help=f"at least this many optimiser steps: small budgets get more epochs (default {d.min_steps})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--grad-accum", type=int, default=d.grad_accum, help="batches per optimiser step")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate of the top encoder layer (default {d.lr})")
+    p.add_argument("--layer-decay", type=float, default=d.layer_decay,
+                   help=f"each layer below learns this times slower (default {d.layer_decay})")
+    p.add_argument("--head-lr", type=float, default=d.head_lr, help=f"learning rate of the head (default {d.head_lr})")
+    p.add_argument("--warmup", type=float, default=d.warmup, help="fraction of steps with a rising learning rate")
+    p.add_argument("--validation", type=float, default=d.validation,
+                   help=f"fraction held out for early stopping when every class has {d.min_val_per_class}+ labels "
+                        "(0: none)")
+    p.add_argument("--patience", type=int, default=d.patience, help="epochs without a better validation accuracy")
+    p.add_argument("--precision", default=d.precision, choices=list(PRECISIONS),
+                   help="auto: bf16 mixed precision on a GPU that has it, fp32 otherwise")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -221,9 +329,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=_int_list, default=None)
     p.set_defaults(handler=_train)
 
-    p = sub.add_parser("evaluate", help="score a saved head on a cache: metrics and a confusion matrix")
-    p.add_argument("--head", required=True, help="saved head folder")
-    p.add_argument("--cache", required=True, help="labelled cache to score on")
+    p = sub.add_parser("evaluate", help="score a saved head on a cache or corpus: metrics and a confusion matrix")
+    p.add_argument("--head", required=True, help="saved head folder (from train, finetune or multitask)")
+    p.add_argument("--cache", help="labelled cache to score on (extracted with the head's encoder)")
+    p.add_argument("--input", help="or a labelled corpus (file, folder or registered name), run through the "
+                                   "head's own encoder")
+    for flag, default in (("--text-column", "text"), ("--text-pair-column", None), ("--label-column", "label"),
+                          ("--id-column", None), ("--fallback-encoding", None)):
+        p.add_argument(flag, default=default, help="as in extract (with --input)")
+    p.add_argument("--skip-bad-rows", action="store_true", help="as in extract (with --input)")
+    p.add_argument("--split", default=None, help="split of a registered dataset given as --input (default test)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.set_defaults(no_labels=False)
     p.add_argument("--label-map", help="JSON file mapping the cache's label names to the head's")
     p.add_argument("--output", "-o", help="folder for metrics.json and confusion_matrix.png (default: the head's)")
     p.set_defaults(handler=_evaluate)
@@ -239,6 +356,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad-rows", action="store_true")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.set_defaults(handler=_predict)
+
+    p = sub.add_parser("finetune", help="fine-tune the encoder end to end with a head on top (the paper's method)",
+                       description="Train the encoder and a finetext head together on a corpus or a label budget "
+                                   "of it; the result folder works with predict and evaluate.")
+    add_corpus_options(p)
+    add_finetune_options(p)
+    p.add_argument("--output", "-o", required=True, help="result folder: encoder/, the head, metrics.json")
+    p.add_argument("--test", default=None, help="labelled test corpus (default: the test split of a registered "
+                                                "dataset); adds test_accuracy to metrics.json")
+    p.add_argument("--split", default=None, help="split of a registered dataset used for training (default train)")
+    p.add_argument("--name", default=None, help="task name in the results (default: the dataset name or file stem)")
+    p.set_defaults(handler=_finetune)
+
+    p = sub.add_parser("multitask", help="one model for several tasks (cached or end to end) vs one per task",
+                       description="Train one shared layer selector (--cached) or one shared encoder and selector "
+                                   "for several tasks, each with its own output layer, and compare with one model "
+                                   "per task: accuracy and training time.")
+    p.add_argument("tasks", nargs="+", metavar="TASK",
+                   help="a registered dataset (trec, sst2, ...: its train and test splits), or NAME=TRAIN,TEST "
+                        "(two .h5 caches with --cached, or two labelled files with text,label columns)")
+    p.add_argument("--cached", action="store_true", help="train on cached features (extracting registered "
+                                                         "datasets into OUTPUT/caches first)")
+    p.add_argument("--no-compare", action="store_true", help="skip the single-task runs")
+    add_finetune_options(p)
+    p.add_argument("--output", "-o", required=True, help="result folder")
+    p.set_defaults(handler=_multitask)
+
+    p = sub.add_parser("compare", help="one report from sweeps, fine-tuning and multi-task runs",
+                       description="Merge the results of sweep, finetune and multitask folders into one table "
+                                   "(accuracy with CIs and training seconds per budget) and plots.")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="folders written by sweep, finetune or multitask")
+    p.add_argument("--task", default=None, help="keep rows of this task only (runs that name no task count as it)")
+    p.add_argument("--output", "-o", required=True, help="report folder")
+    p.set_defaults(handler=_compare)
 
     p = sub.add_parser("demo", help="BBC News end to end with the packaged MiniLM (no network)")
     p.add_argument("--output", "-o", default="runs/demo", help="where the cache and the report go")

@@ -50,17 +50,32 @@ class Evaluation:
     n_docs: int
 
 
-def evaluate_head(head_dir: str, cache_path: str, *, label_map: dict[str, str] | None = None,
-                  output: str | None = None) -> Evaluation:
-    """Score a saved head on a cache; label_map renames the cache's labels to the head's (out-of-domain)."""
+def evaluate_head(head_dir: str, cache_path: str | None = None, *, corpus: CorpusSpec | None = None,
+                  label_map: dict[str, str] | None = None, output: str | None = None,
+                  device: str = "auto") -> Evaluation:
+    """Score a saved head on a cache, or on a labelled corpus run through the head's own encoder.
+
+    label_map renames the data's labels to the head's (out-of-domain evaluation).
+    """
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
+    if (cache_path is None) == (corpus is None):
+        raise InputError("evaluate: give exactly one of --cache CACHE.h5 or --input FILE.")
     head = load_head(head_dir)
     info = head.feature_info_
-    with open_cache(cache_path) as cache:
-        check_feature_source(info, cache.meta, cache_name=str(cache_path))
-        X = cache.features(info.get("pooling") or "mean", layers=info.get("layers"))
-        y = cache.label_strings()
+    if corpus is not None:
+        if corpus.label_column is None:
+            raise InputError(f"{corpus.source}: evaluation needs labels; give --label-column.")
+        scan(corpus)
+        records = list(iter_records(corpus))
+        X = encode_like(info, records, device, head_dir)
+        y = np.array([r.label for r in records])
+        cache_path = corpus.source
+    else:
+        with open_cache(cache_path) as cache:
+            check_feature_source(info, cache.meta, cache_name=str(cache_path))
+            X = cache.features(info.get("pooling") or "mean", layers=info.get("layers"))
+            y = cache.label_strings()
     if label_map:
         y = np.array([label_map.get(v, v) for v in y])
     unseen = sorted(set(y) - set(map(str, head.classes_)))
@@ -103,13 +118,19 @@ def _plot_confusion(path: Path, result: Evaluation) -> None:
     os.replace(tmp, path)
 
 
-def encode_like(info: dict[str, Any], records: list, device: str = "auto") -> np.ndarray:
-    """Pooled features of new texts with the encoder and settings a head was trained on. (n, layers, hidden)"""
+def encode_like(info: dict[str, Any], records: list, device: str = "auto",
+                head_dir: str | os.PathLike | None = None) -> np.ndarray:
+    """Pooled features of new texts with the encoder and settings a head was trained on. (n, layers, hidden)
+
+    A fine-tuned head names its own encoder folder (`encoder_dir`, relative to the head's folder).
+    """
     from extract.encoder import describe_model, load_model, resolve_device, resolve_model
     from extract.run import BlockEncoder, ExtractSettings
 
     model_id = info.get("model_id")
     revision = info.get("model_revision") or None
+    if info.get("encoder_dir"):
+        model_id = str((Path(head_dir or ".") / info["encoder_dir"]).resolve())
     try:
         described, tokenizer = describe_model(model_id, revision)
     except InputError as exc:
@@ -151,7 +172,7 @@ def predict_texts(head_dir: str, *, input: str | None = None, texts: Sequence[st
                           fallback_encoding=fallback_encoding, skip_bad_rows=skip_bad_rows)
         scan(spec)  # the same bad-input rules as extract, before any model work
         records = list(iter_records(spec))
-    X = encode_like(head.feature_info_, records, device)
+    X = encode_like(head.feature_info_, records, device, head_dir)
     proba = head.predict_proba(X)
     classes = [str(c) for c in head.classes_]
     rows = [{"id": r.id, "text": r.text, "label": classes[int(p.argmax())],

@@ -1,0 +1,485 @@
+"""End-to-end fine-tuning, the paper's main method, and its multi-task variant.
+
+The encoder runs with every hidden state, each is pooled per document exactly as `extract` pools it, and a
+finetext head (classify.stack) sits on top; encoder and head train together. Several tasks share the encoder
+and the layer selector, each with its own output layer, and batches are mixed across tasks.
+
+A result folder is an ordinary saved head (config.json + weights.safetensors) whose features come from its
+own fine-tuned encoder in `encoder/` (save_pretrained: safetensors and the tokenizer), so `finetext predict`
+and `finetext evaluate` take it like a head trained on a cache. A multi-task folder holds one such head per
+task in `DIR/TASK/`, all pointing at the shared `DIR/encoder/`.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from classify import LastLayerLogReg, LayerAttention, ScalarMix, sample_budget
+from classify.budget import stratified_folds
+from classify.persist import replace_dir, staging_dir, write_head_files
+from classify.stack import LayerAttentionStack, ScalarMixStack
+from extract.batching import token_budget_batches
+from extract.corpus import Record
+from extract.encoder import describe_model, load_model, resolve_device, resolve_model, weights_hash
+from extract.errors import InputError
+from extract.pooling import POOLINGS, pool
+
+FINETUNE_HEADS = ("layer-attention", "scalar-mix", "last-layer")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SELECTOR = ("w", "u", "gamma")  # the parameters a multi-task model shares across tasks (those a head has)
+
+
+@dataclass
+class FinetuneSettings:
+    """How to fine-tune. The defaults were measured on TREC-6 with the packaged MiniLM (bench/finetune_trec.py)."""
+
+    head: str = "layer-attention"
+    pooling: str = "mean"
+    max_length: int = 128  # tokens per document (capped at the model's limit)
+    epochs: int = 4
+    min_steps: int = 150  # small label budgets get more epochs: at least this many optimiser steps
+    batch_size: int = 32
+    grad_accum: int = 1  # batches per optimiser step
+    lr: float = 1e-4  # the top encoder layer; each layer below gets layer_decay times the one above
+    layer_decay: float = 0.9
+    head_lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup: float = 0.1  # fraction of the steps with a linearly rising learning rate, then linear decay
+    dropout: float = 0.1  # on whole layers' votes (layer-attention) or the mixed vector (scalar-mix)
+    validation: float = 0.1  # fraction held out for early stopping, when every class has min_val_per_class
+    min_val_per_class: int = 100
+    patience: int = 2  # epochs without a better validation accuracy before stopping
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"  # auto: bf16 autocast on a GPU that has it, else fp32
+
+    def __post_init__(self) -> None:
+        if self.head not in FINETUNE_HEADS:
+            raise InputError(f"head: expected one of {', '.join(FINETUNE_HEADS)}, got {self.head!r}.")
+        if self.pooling not in POOLINGS:
+            raise InputError(f"pooling: expected one of {', '.join(POOLINGS)}, got {self.pooling!r}.")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"precision: expected one of {', '.join(PRECISIONS)}, got {self.precision!r}.")
+        for name in ("max_length", "epochs", "batch_size", "grad_accum", "patience"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name.replace('_', '-')}: expected a positive integer, got {getattr(self, name)}.")
+        if not 0 <= self.validation < 1 or not 0 <= self.dropout < 1 or not 0 <= self.warmup < 1:
+            raise InputError("validation, dropout and warmup are fractions in [0, 1).")
+
+
+@dataclass
+class Task:
+    """One classification task: labelled training records, optional labelled test records."""
+
+    name: str
+    train: list[Record]
+    test: list[Record] | None = None
+    budget: int | None = None  # labels per class drawn from train (None: all)
+    classes: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        if any(r.label is None for r in self.train):
+            raise InputError(f"task {self.name}: the training corpus has no labels; give --label-column.")
+        self.classes = np.unique([r.label for r in self.train])
+        if len(self.classes) < 2:
+            raise InputError(f"task {self.name}: only one class ({self.classes[0]!r}) in the training corpus.")
+        if self.test is not None:
+            unseen = sorted({r.label for r in self.test} - set(self.classes))
+            if None in unseen:
+                raise InputError(f"task {self.name}: the test corpus has unlabelled rows; it needs labels.")
+            if unseen:
+                raise InputError(f"task {self.name}: test labels {unseen} never occur in the training corpus.")
+
+
+class LastLayerLinear(torch.nn.Module):
+    """A linear classifier on the last hidden state: plain fine-tuning. x (1, n, L, H) -> (1, 1, n, C)."""
+
+    def __init__(self, L: int, H: int, C: int, generator: torch.Generator) -> None:
+        super().__init__()
+        self.W = torch.nn.Parameter(torch.randn(H, C, generator=generator) * 0.01)
+        self.b = torch.nn.Parameter(torch.zeros(C))
+
+    def forward(self, x: torch.Tensor, dropout: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+        z = F.dropout(x[:, :, -1], dropout, self.training)  # (1, n, H)
+        return (z @ self.W + self.b)[:, None]
+
+
+def _head_module(kind: str, L: int, H: int, C: int, seed: int) -> torch.nn.Module:
+    gen = torch.Generator().manual_seed(seed)
+    if kind == "last-layer":
+        return LastLayerLinear(L, H, C, gen)
+    return (LayerAttentionStack if kind == "layer-attention" else ScalarMixStack)(1, 1, L, H, C, gen)
+
+
+class FinetuneModel(torch.nn.Module):
+    """Encoder + one head per task; pooled hidden states (n, L, H) feed the task's head."""
+
+    def __init__(self, encoder: torch.nn.Module, heads: dict[str, torch.nn.Module], pooling: str) -> None:
+        super().__init__()
+        self.encoder, self.heads, self.pooling = encoder, torch.nn.ModuleDict(heads), pooling
+        first = next(iter(heads.values()))
+        for head in list(heads.values())[1:]:  # the multi-task variant shares the layer selector
+            for name in SELECTOR:
+                if isinstance(getattr(first, name, None), torch.nn.Parameter):
+                    setattr(head, name, getattr(first, name))
+
+    def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(n, L, H) every hidden state pooled per document, in fp32."""
+        out = self.encoder(**batch, output_hidden_states=True)
+        hidden = torch.stack(out.hidden_states)  # (L, n, seq, H)
+        return pool(hidden, batch["attention_mask"], self.pooling).float()
+
+    def forward(self, batch: dict[str, torch.Tensor], task: str, dropout: float = 0.0) -> torch.Tensor:
+        """logits (n, C) for `task`."""
+        return self.heads[task](self.features(batch)[None], dropout if self.training else 0.0)[0, 0]
+
+
+def _layer_blocks(encoder: torch.nn.Module, n_layers: int) -> torch.nn.ModuleList | None:
+    """The transformer's list of layers (BERT's encoder.layer, GPT-2's h, ...): the first ModuleList of that length."""
+    for module in encoder.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n_layers:
+            return module
+    return None
+
+
+def parameter_groups(model: FinetuneModel, settings: FinetuneSettings) -> list[dict[str, Any]]:
+    """Layer-wise learning-rate decay: the top layer at lr, each one below ×layer_decay, embeddings lowest."""
+    n = model.encoder.config.num_hidden_layers if hasattr(model.encoder.config, "num_hidden_layers") \
+        else model.encoder.config.n_layer
+    blocks = _layer_blocks(model.encoder, n)
+    in_block: dict[int, int] = {}
+    if blocks is not None:
+        for i, block in enumerate(blocks):
+            in_block.update({id(p): i for p in block.parameters()})
+    by_depth: dict[int, list[torch.nn.Parameter]] = {}
+    for p in model.encoder.parameters():
+        by_depth.setdefault(in_block.get(id(p), -1), []).append(p)  # -1: embeddings and the rest
+    groups = [{"params": params, "lr": settings.lr * settings.layer_decay ** (n - 1 - depth),
+               "weight_decay": settings.weight_decay} for depth, params in sorted(by_depth.items())]
+    groups.append({"params": list(model.heads.parameters()), "lr": settings.head_lr, "weight_decay": settings.weight_decay})
+    for g in groups:
+        g["initial_lr"] = g["lr"]
+    return groups
+
+
+class Tokenized:
+    """Token ids of some records, padded per batch on the right."""
+
+    def __init__(self, tokenizer, records: Sequence[Record], max_length: int) -> None:
+        texts = [r.text for r in records]
+        pairs = [r.text_pair or "" for r in records] if records and records[0].text_pair is not None else None
+        enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
+        self.ids, self.types = enc["input_ids"], enc.get("token_type_ids")
+        self.lengths = np.array([len(x) for x in self.ids])
+        self.pad_id = tokenizer.pad_token_id
+
+    def batch(self, rows: Sequence[int], device: torch.device) -> dict[str, torch.Tensor]:
+        width = int(self.lengths[rows].max())
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)  # (batch, seq)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        types = torch.zeros((len(rows), width), dtype=torch.long) if self.types is not None else None
+        for r, i in enumerate(rows):
+            ids[r, :self.lengths[i]] = torch.tensor(self.ids[i])
+            mask[r, :self.lengths[i]] = 1
+            if types is not None:
+                types[r, :self.lengths[i]] = torch.tensor(self.types[i])
+        batch = {"input_ids": ids, "attention_mask": mask}
+        if types is not None:
+            batch["token_type_ids"] = types
+        return {k: v.to(device) for k, v in batch.items()}
+
+
+def _train_batches(lengths: np.ndarray, rows: np.ndarray, size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Random batches of similar length: shuffle, sort within windows of 50 batches, shuffle the batches."""
+    rows = rows[rng.permutation(len(rows))]
+    batches = []
+    for start in range(0, len(rows), size * 50):
+        window = rows[start:start + size * 50]
+        window = window[np.argsort(lengths[window], kind="stable")]
+        batches += [window[i:i + size] for i in range(0, len(window), size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+@torch.inference_mode()
+def predict_proba(model: FinetuneModel, task: str, tokens: Tokenized, device: torch.device,
+                  autocast, batch_tokens: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """(n, C) probabilities and (n, L) layer weights (None-free: ones for heads without a selector)."""
+    was = model.training
+    model.eval()
+    proba, weights = [None] * len(tokens.lengths), [None] * len(tokens.lengths)
+    head = model.heads[task]
+    for rows in token_budget_batches(tokens.lengths, batch_tokens):
+        with autocast():
+            x = model.features(tokens.batch(rows, device))[None]  # (1, n, L, H)
+        p = head(x)[0, 0].softmax(-1).float().cpu().numpy()
+        w = head.layer_weights(x)[0, 0].float().cpu().numpy() if hasattr(head, "layer_weights") \
+            else np.ones((len(rows), x.shape[2]), np.float32) / x.shape[2]
+        for j, i in enumerate(rows):
+            proba[i], weights[i] = p[j], w[j]
+    model.train(was)
+    return np.stack(proba), np.stack(weights)
+
+
+@dataclass
+class _Split:
+    tokens: Tokenized
+    codes: np.ndarray  # class index per record
+    train_rows: np.ndarray
+    val_rows: np.ndarray
+    budget_rows: np.ndarray  # rows of the corpus drawn by the budget (train + validation)
+
+
+def _split(task: Task, tokenizer, settings: FinetuneSettings, max_length: int) -> _Split:
+    labels = np.array([r.label for r in task.train])
+    rows = np.arange(len(labels)) if task.budget is None else \
+        np.sort(sample_budget(labels, per_class=task.budget, random_state=settings.seed))
+    codes = np.searchsorted(task.classes, labels)
+    counts = np.bincount(codes[rows], minlength=len(task.classes))
+    val_rows = np.array([], dtype=np.int64)
+    if settings.validation > 0 and counts.min() >= settings.min_val_per_class:
+        fold = stratified_folds(codes[rows], round(1 / settings.validation), settings.seed)
+        val_rows, rows_train = rows[fold == 0], rows[fold != 0]
+    else:
+        rows_train = rows
+    return _Split(Tokenized(tokenizer, task.train, max_length), codes, rows_train, val_rows, rows)
+
+
+def _autocast_for(device: torch.device, precision: str):
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "fp32":
+        return nullcontext, precision
+    if device.type != "cuda":
+        raise InputError(f"precision {precision} is for GPUs; on {device.type} use --precision fp32.")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return (lambda: torch.autocast("cuda", dtype=dtype)), precision
+
+
+@dataclass
+class TaskResult:
+    name: str
+    n_train: int
+    n_val: int
+    test_accuracy: float | None = None
+    test_macro_f1: float | None = None
+    n_test: int = 0
+    best_val_accuracy: float | None = None
+    rows: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Finetuned:
+    """A trained model in memory: what `save_finetuned` writes."""
+
+    net: FinetuneModel
+    tokenizer: Any
+    info: Any  # extract.encoder.ModelInfo of the starting model
+    settings: FinetuneSettings
+    max_length: int
+    device: torch.device
+    heads: dict[str, Any]  # task -> the head as a finetext estimator
+    results: list[TaskResult]
+    metrics: dict[str, Any]
+
+    def predict_proba(self, task: str, records: Sequence[Record]) -> np.ndarray:
+        """(n, C) class probabilities of new records for `task`, columns in the head's classes_ order."""
+        autocast, _ = _autocast_for(self.device, self.settings.precision)
+        return predict_proba(self.net, task, Tokenized(self.tokenizer, records, self.max_length), self.device,
+                             autocast)[0]
+
+
+def finetune(tasks: Sequence[Task], output: str | os.PathLike, *, model: str | None = None,
+             revision: str | None = None, settings: FinetuneSettings | None = None,
+             progress: bool = True) -> dict[str, Any]:
+    """Fine-tune one encoder for `tasks` (one task: plain fine-tuning) and save the result folder.
+
+    Returns the metrics written to `output/metrics.json`: per task the test accuracy (when a test corpus is
+    given), and the training seconds, epochs and per-epoch history.
+    """
+    trained = train_finetune(tasks, model=model, revision=revision, settings=settings, progress=progress)
+    save_finetuned(trained, tasks, output)
+    return trained.metrics
+
+
+def train_finetune(tasks: Sequence[Task], *, model: str | None = None, revision: str | None = None,
+                   settings: FinetuneSettings | None = None, progress: bool = True) -> Finetuned:
+    """Train the encoder and one head per task together; evaluate on the tasks' test corpora."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    settings = settings or FinetuneSettings()
+    if len({t.name for t in tasks}) != len(tasks) or not tasks:
+        raise InputError(f"tasks need distinct names, got {[t.name for t in tasks]}.")
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    device = resolve_device(settings.device)
+    autocast, precision = _autocast_for(device, settings.precision)
+    info, tokenizer = describe_model(model, revision)
+    max_length = min(settings.max_length, info.position_limit)
+    encoder = load_model(resolve_model(model), revision, device, "fp32").train()
+    L, H = info.n_layers, info.hidden_size
+    heads = {t.name: _head_module(settings.head, L, H, len(t.classes), settings.seed) for t in tasks}
+    net = FinetuneModel(encoder, heads, settings.pooling).to(device)
+    splits = {t.name: _split(t, tokenizer, settings, max_length) for t in tasks}
+
+    start = time.perf_counter()
+    n_batches = sum(math.ceil(len(s.train_rows) / settings.batch_size) for s in splits.values())
+    epochs = max(settings.epochs, math.ceil(settings.min_steps * settings.grad_accum / n_batches))
+    total_steps = max(1, epochs * n_batches // settings.grad_accum)
+    warmup = int(settings.warmup * total_steps)
+    opt = torch.optim.AdamW(parameter_groups(net, settings))
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+    validated = all(len(s.val_rows) for s in splits.values())
+    best, best_state, since, history, step = -1.0, None, 0, [], 0
+    bar = tqdm(total=total_steps, desc="finetune", unit="step", disable=not progress, dynamic_ncols=True)
+    for epoch in range(epochs):
+        batches = [(name, b) for name, s in splits.items()
+                   for b in _train_batches(s.tokens.lengths, s.train_rows, settings.batch_size, rng)]
+        batches = [batches[i] for i in rng.permutation(len(batches))]  # tasks mixed
+        losses = []
+        for i, (name, rows) in enumerate(batches):
+            s = splits[name]
+            with autocast():
+                logits = net(s.tokens.batch(rows, device), name, settings.dropout)
+            loss = F.cross_entropy(logits.float(), torch.from_numpy(s.codes[rows]).to(device))
+            scaler.scale(loss / settings.grad_accum).backward()
+            losses.append(loss.item())
+            if (i + 1) % settings.grad_accum and i + 1 < len(batches):
+                continue
+            factor = (step + 1) / warmup if step < warmup else max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+            for g in opt.param_groups:
+                g["lr"] = g["initial_lr"] * factor
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", epoch=epoch + 1)
+        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "seconds": time.perf_counter() - start}
+        if validated:
+            accs = {}
+            for name, s in splits.items():
+                proba, _ = predict_proba(net, name, s.tokens, device, autocast)
+                accs[name] = float((proba[s.val_rows].argmax(1) == s.codes[s.val_rows]).mean())
+            record["val_accuracy"] = accs
+            mean_acc = float(np.mean(list(accs.values())))
+            bar.set_postfix(loss=f"{record['train_loss']:.3f}", val_acc=f"{mean_acc:.3f}", epoch=epoch + 1)
+            if mean_acc > best:
+                best, since = mean_acc, 0
+                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in net.state_dict().items()})
+            else:
+                since += 1
+        history.append(record)
+        if validated and since >= settings.patience:
+            break
+    bar.close()
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    train_seconds = time.perf_counter() - start
+
+    results, exports = [], {}
+    for t in tasks:
+        s = splits[t.name]
+        _, weights = predict_proba(net, t.name, Tokenized(tokenizer, [t.train[i] for i in s.train_rows[:1024]],
+                                                          max_length), device, autocast)
+        exports[t.name] = _export_head(net.heads[t.name], settings, t.classes, L, H, weights.mean(0))
+        r = TaskResult(t.name, len(s.train_rows), len(s.val_rows), rows=s.budget_rows.tolist())
+        if validated:
+            r.best_val_accuracy = max(h["val_accuracy"][t.name] for h in history)
+        if t.test:
+            proba, _ = predict_proba(net, t.name, Tokenized(tokenizer, t.test, max_length), device, autocast)
+            y_true = [rec.label for rec in t.test]
+            y_pred = t.classes[proba.argmax(1)]
+            r.test_accuracy = float(accuracy_score(y_true, y_pred))
+            r.test_macro_f1 = float(f1_score(y_true, y_pred, average="macro"))
+            r.n_test = len(t.test)
+        results.append(r)
+
+    metrics = {"model": info.model_id, "tasks": [asdict(r) | {"rows": None} for r in results],
+               "train_seconds": train_seconds, "epochs_run": len(history), "total_steps": step,
+               "device": str(device), "precision": precision, "settings": asdict(settings), "history": history}
+    if len(tasks) == 1:  # the single-task metrics at the top level, as users read them
+        metrics.update({k: v for k, v in asdict(results[0]).items() if k not in ("name", "rows")})
+    return Finetuned(net, tokenizer, info, settings, max_length, device, exports, results, metrics)
+
+
+def _export_head(module: torch.nn.Module, settings: FinetuneSettings, classes: np.ndarray, L: int, H: int,
+                 layer_weights: np.ndarray):
+    """The trained head as the scikit-learn estimator finetext saves and loads."""
+    state = {k: v.detach().float().cpu().numpy() for k, v in module.state_dict().items()}
+    if settings.head == "last-layer":
+        head = LastLayerLogReg(layer=-1, random_state=settings.seed)
+        W, b = state["W"].T, state["b"]  # (C, H), (C,)
+        if len(classes) == 2:  # scikit-learn's binary form: sigmoid(z1 - z0) equals the two-class softmax
+            W, b = W[1:] - W[:1], b[1:] - b[:1]
+        head._import(classes, L, H, {"coef": W, "intercept": b}, {})
+        return head
+    cls = LayerAttention if settings.head == "layer-attention" else ScalarMix
+    head = cls(n_members=1, normalize="none", dropout=settings.dropout, random_state=settings.seed)
+    state |= {"mean": np.zeros((L, H), np.float32), "std": np.ones((L, H), np.float32),
+              "best_epoch": np.zeros((1, 1), np.int64)}
+    head._import(classes, L, H, state, {"layer_weights": layer_weights.tolist()})
+    return head
+
+
+def save_finetuned(trained: Finetuned, tasks: Sequence[Task], output: str | os.PathLike) -> Path:
+    """encoder/ (safetensors + tokenizer), the head(s), metrics.json and cells.jsonl; published atomically."""
+    net, tokenizer, info, settings = trained.net, trained.tokenizer, trained.info, trained.settings
+    exports, results, metrics = trained.heads, trained.results, trained.metrics
+    staged = staging_dir(output)
+    try:
+        net.encoder.save_pretrained(staged / "encoder", safe_serialization=True)
+        tokenizer.save_pretrained(staged / "encoder")
+        feature_info = {
+            "encoder_dir": "encoder", "model_id": f"{info.model_id} (fine-tuned)", "model_revision": None,
+            "weights_sha256": weights_hash(str(staged / "encoder")), "tokenizer_sha256": info.tokenizer_sha256,
+            "model_type": info.model_type, "n_layers": info.n_layers, "hidden_size": info.hidden_size,
+            "max_length": trained.max_length, "compute_dtype": "fp32", "storage_dtype": "float32",
+            "pooling": settings.pooling, "layers": None,
+            "finetuned_from": {"model_id": info.model_id, "revision": info.revision,
+                               "weights_sha256": info.weights_sha256},
+        }
+        single = len(tasks) == 1
+        for t in tasks:
+            folder = staged if single else staged / t.name
+            folder.mkdir(exist_ok=True)
+            write_head_files(exports[t.name], folder, {**feature_info, "encoder_dir": "encoder" if single else "../encoder",
+                                                       "task": t.name, "train_rows": len(t.train)})
+        (staged / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        kind = f"finetune-{settings.head}" if single else "multitask-finetune"
+        with open(staged / "cells.jsonl", "w") as f:
+            for t, r in zip(tasks, results):
+                if r.test_accuracy is None:
+                    continue
+                f.write(json.dumps({"head": kind, "task": t.name, "budget": "all" if t.budget is None else str(t.budget),
+                                    "seed": settings.seed, "n_train": len(r.rows), "accuracy": r.test_accuracy,
+                                    "macro_f1": r.test_macro_f1, "fit_seconds": metrics["train_seconds"],
+                                    "rows": r.rows}) + "\n")
+        return replace_dir(staged, output)
+    finally:
+        if staged.exists():
+            shutil.rmtree(staged)
+
+
+def read_corpus(spec, *, labelled: bool = True) -> list[Record]:
+    """Every record of a corpus, validated first with extract's rules (the file, row and field of any fault)."""
+    from extract import iter_records, scan
+
+    if labelled and spec.label_column is None:
+        raise InputError(f"{spec.source}: fine-tuning needs labels; give --label-column.")
+    scan(spec)
+    return list(iter_records(spec))

@@ -1,0 +1,153 @@
+"""End-to-end fine-tuning and the multi-task variant, on tiny random models and real files."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from extract import CorpusSpec, InputError
+from extract.corpus import Record
+from pipeline.cli import main
+from pipeline.finetune import FinetuneSettings, Task, finetune, read_corpus, save_finetuned, train_finetune
+from pipeline.multitask import TaskSource, run_multitask
+from pipeline.workflows import evaluate_head, predict_texts
+from tests.conftest import write_csv
+
+WORDS = {"sport": ["goal", "match", "cup", "striker", "league"], "money": ["shares", "profit", "bank", "market", "rates"],
+         "music": ["album", "song", "band", "concert", "guitar"]}
+FAST = dict(lr=2e-3, head_lr=1e-2, epochs=1, min_steps=40, batch_size=8, warmup=0.0, dropout=0.0, max_length=32)
+
+
+def _records(n_per_class: int, seed: int, classes=("sport", "money", "music")) -> list[Record]:
+    """Short texts whose class is told by its words: a task a tiny random BERT can learn in a few steps."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for c in classes:
+        for _ in range(n_per_class):
+            words = rng.choice(WORDS[c], size=rng.integers(3, 7))
+            out.append(Record(len(out) + 1, str(len(out) + 1), "the " + " ".join(words), None, c))
+    return out
+
+
+def test_a_tiny_model_fine_tunes_and_its_loss_falls(tiny_bert):
+    trained = train_finetune([Task("topics", _records(12, 0), _records(5, 1))], model=str(tiny_bert),
+                             settings=FinetuneSettings(**FAST), progress=False)
+    history = trained.metrics["history"]
+    assert trained.metrics["total_steps"] >= 40
+    assert history[-1]["train_loss"] < 0.5 * history[0]["train_loss"]
+    assert trained.metrics["test_accuracy"] > 0.6  # chance is 1/3
+
+
+def test_saved_and_reloaded_fine_tuned_models_predict_identically(tiny_bert, tmp_path):
+    task = Task("topics", _records(8, 0))
+    trained = train_finetune([task], model=str(tiny_bert), settings=FinetuneSettings(**FAST), progress=False)
+    save_finetuned(trained, [task], tmp_path / "ft")
+    assert (tmp_path / "ft" / "encoder" / "model.safetensors").exists()
+    assert not list((tmp_path / "ft").rglob("*.bin")) and not list((tmp_path / "ft").rglob("*.pkl"))
+    new = _records(4, 7)
+    in_memory = trained.predict_proba("topics", new)  # (n, C)
+    rows = predict_texts(str(tmp_path / "ft"), texts=[r.text for r in new], device="cpu")
+    classes = [k[2:] for k in rows[0] if k.startswith("p_")]
+    reloaded = np.array([[r[f"p_{c}"] for c in classes] for r in rows])
+    np.testing.assert_allclose(reloaded, in_memory, atol=1e-5)
+    assert [r["label"] for r in rows] == [classes[i] for i in in_memory.argmax(1)]
+
+
+@pytest.mark.parametrize("head", ["scalar-mix", "last-layer"])
+def test_the_other_heads_fine_tune_and_reload(tiny_bert, tmp_path, head):
+    task = Task("two", _records(8, 0, classes=("sport", "money")), _records(4, 1, classes=("sport", "money")))
+    settings = FinetuneSettings(**{**FAST, "min_steps": 10}, head=head)
+    trained = train_finetune([task], model=str(tiny_bert), settings=settings, progress=False)
+    save_finetuned(trained, [task], tmp_path / head)
+    rows = predict_texts(str(tmp_path / head), texts=[r.text for r in task.test], device="cpu")
+    np.testing.assert_allclose([[r["p_money"], r["p_sport"]] for r in rows],
+                               trained.predict_proba("two", task.test), atol=1e-5)
+
+
+def test_a_gpt2_fine_tunes_with_last_token_pooling(tiny_gpt2, tmp_path):
+    task = Task("topics", _records(6, 0), _records(3, 1))
+    metrics = finetune([task], tmp_path / "gpt2", model=str(tiny_gpt2),
+                       settings=FinetuneSettings(**{**FAST, "min_steps": 6}, pooling="last"), progress=False)
+    assert metrics["epochs_run"] >= 1 and 0 <= metrics["test_accuracy"] <= 1
+
+
+def test_early_stopping_uses_a_validation_split_when_classes_are_large(tiny_bert):
+    settings = FinetuneSettings(**{**FAST, "min_steps": 1, "epochs": 3}, min_val_per_class=10, validation=0.2)
+    trained = train_finetune([Task("topics", _records(10, 0))], model=str(tiny_bert), settings=settings,
+                             progress=False)
+    assert trained.metrics["n_val"] == 6 and trained.metrics["n_train"] == 24  # 2 of 10 per class held out
+    assert all("val_accuracy" in h for h in trained.metrics["history"])
+
+
+def test_bad_tasks_are_refused_clearly(tiny_bert):
+    with pytest.raises(InputError, match="no labels"):
+        Task("t", [Record(1, "1", "text", None, None), Record(2, "2", "more", None, None)])
+    with pytest.raises(InputError, match=r"test labels \['music'\] never occur"):
+        Task("t", _records(2, 0, classes=("sport", "money")), _records(1, 0, classes=("music",)))
+    with pytest.raises(InputError, match="head: expected one of"):
+        FinetuneSettings(head="mlp")
+
+
+def test_multitask_end_to_end_trains_and_reports_both_tasks(tiny_bert, tmp_path):
+    files = {}
+    for name, classes in (("topics", ("sport", "money", "music")), ("pairs", ("sport", "music"))):
+        for split, n, seed in (("train", 8, 0), ("test", 3, 1)):
+            path = write_csv(tmp_path / f"{name}-{split}.csv",
+                             [{"text": r.text, "label": r.label} for r in _records(n, seed, classes)])
+            files[name, split] = str(path)
+    tasks = [TaskSource(name, files[name, "train"], files[name, "test"]) for name in ("topics", "pairs")]
+    metrics = run_multitask(tasks, tmp_path / "mt", model=str(tiny_bert),
+                            settings=FinetuneSettings(**{**FAST, "min_steps": 10}), progress=False)
+    methods = {(r["task"], r["method"]) for r in metrics["comparison"]}
+    assert methods == {(t, m) for t in ("topics", "pairs") for m in ("multitask-finetune", "finetune-layer-attention")}
+    assert set(metrics["total_train_seconds"]) == {"multitask-finetune", "finetune-layer-attention"}
+    # one shared encoder, one head per task; each head works with evaluate like any head
+    assert (tmp_path / "mt" / "multitask" / "encoder").is_dir()
+    result = evaluate_head(str(tmp_path / "mt" / "multitask" / "pairs"), corpus=CorpusSpec(files["pairs", "test"]))
+    row = next(r for r in metrics["comparison"] if r == {**r, "task": "pairs", "method": "multitask-finetune"})
+    assert result.accuracy == pytest.approx(row["accuracy"])
+
+
+def test_multitask_cached_and_compare_from_the_cli(tiny_bert, tmp_path, capsys):
+    caches = {}
+    for name, classes in (("topics", ("sport", "money", "music")), ("pairs", ("sport", "music"))):
+        for split, n, seed in (("train", 10, 0), ("test", 4, 1)):
+            csv = write_csv(tmp_path / f"{name}-{split}.csv",
+                            [{"text": r.text, "label": r.label} for r in _records(n, seed, classes)])
+            caches[name, split] = str(tmp_path / f"{name}-{split}.h5")
+            assert main(["extract", str(csv), "--model", str(tiny_bert), "-o", caches[name, split], "-q"]) == 0
+    args = [f"{n}={caches[n, 'train']},{caches[n, 'test']}" for n in ("topics", "pairs")]
+    assert main(["multitask", *args, "--cached", "--budget", "4", "-o", str(tmp_path / "mtc"), "-q"]) == 0
+    metrics = json.loads((tmp_path / "mtc" / "metrics.json").read_text())
+    assert {r["method"] for r in metrics["comparison"]} == {"multitask-cached", "layer-attention"}
+    assert all(r["n_train"] == (12 if r["task"] == "topics" else 8) for r in metrics["comparison"])
+    assert main(["evaluate", "--head", str(tmp_path / "mtc" / "topics"), "--cache", caches["topics", "test"]]) == 0
+
+    csv = tmp_path / "topics-train.csv"
+    assert main(["finetune", str(csv), "--model", str(tiny_bert), "--test", str(tmp_path / "topics-test.csv"),
+                 "--output", str(tmp_path / "ft"), "--min-steps", "4", "--epochs", "1", "--name", "topics", "-q"]) == 0
+    metrics = json.loads((tmp_path / "ft" / "metrics.json").read_text())
+    assert 0 <= metrics["test_accuracy"] <= 1
+    assert main(["evaluate", "--head", str(tmp_path / "ft"), "--input", str(tmp_path / "topics-test.csv")]) == 0
+    assert f"accuracy {100 * metrics['test_accuracy']:.2f}%" in capsys.readouterr().out
+    # the fine-tuned encoder's own cache is accepted; the original model's is refused
+    ft_cache = str(tmp_path / "ft-test.h5")
+    assert main(["extract", str(tmp_path / "topics-test.csv"), "--model", str(tmp_path / "ft" / "encoder"),
+                 "-o", ft_cache, "-q", "--storage-dtype", "float32"]) == 0
+    assert main(["evaluate", "--head", str(tmp_path / "ft"), "--cache", ft_cache]) == 0
+    with pytest.raises(ValueError, match="weights_sha256"):
+        main(["evaluate", "--head", str(tmp_path / "ft"), "--cache", caches["topics", "test"]])
+
+    assert main(["compare", str(tmp_path / "ft"), str(tmp_path / "mtc"), "--task", "topics",
+                 "-o", str(tmp_path / "report")]) == 0
+    rows = (tmp_path / "report" / "results.csv").read_text().splitlines()
+    assert rows[0].startswith("task,head,budget") and len(rows) == 1 + 3  # finetune, multitask, single head
+    for png in ("learning_curves.png", "accuracy_vs_time.png"):
+        assert (tmp_path / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_read_corpus_names_the_bad_row(tmp_path):
+    path = write_csv(tmp_path / "bad.csv", [{"text": "fine", "label": "a"}, {"text": "", "label": "b"}])
+    with pytest.raises(InputError, match="row 2"):
+        read_corpus(CorpusSpec(str(path)))
