@@ -26,15 +26,12 @@ class TaskSource:
     name: str
     train: str
     test: str
-    text_column: str = "text"
-    label_column: str = "label"
+    train_columns: tuple[str, str] = ("text", "label")  # (text column, label column) of each file
+    test_columns: tuple[str, str] = ("text", "label")
 
-    @property
-    def cached(self) -> bool:
-        return self.train.endswith(".h5") and self.test.endswith(".h5")
-
-    def spec(self, source: str) -> CorpusSpec:
-        return CorpusSpec(source, text_column=self.text_column, label_column=self.label_column)
+    def spec(self, split: str) -> CorpusSpec:
+        text, label = self.train_columns if split == "train" else self.test_columns
+        return CorpusSpec(self.train if split == "train" else self.test, text_column=text, label_column=label)
 
 
 def parse_task(text: str) -> TaskSource:
@@ -50,18 +47,20 @@ def parse_task(text: str) -> TaskSource:
     if text not in registry():
         raise InputError(f"task {text!r}: not a registered dataset ({', '.join(registry())}); write "
                          "NAME=TRAIN,TEST for your own files.")
-    train, options = resolve(text, "train")
-    test, _ = resolve(text, "test")
-    return TaskSource(text, train, test, options.get("text_column", "text"), options.get("label_column", "label"))
+    if "test" not in registry()[text].get("splits", {}):
+        raise InputError(f"task {text!r} has no test split in the registry; write {text}=TRAIN,TEST with your "
+                         "own split files (or caches).")
+    (train, a), (test, b) = resolve(text, "train"), resolve(text, "test")
+    return TaskSource(text, train, test, (a["text_column"], a["label_column"]), (b["text_column"], b["label_column"]))
 
 
 def _cache(task: TaskSource, split: str, output: Path, model: str | None, max_length: int,
            progress: bool) -> str:
-    source = task.train if split == "train" else task.test
-    if source.endswith(".h5"):
-        return source
+    spec = task.spec(split)
+    if spec.source.endswith(".h5"):
+        return spec.source
     path = output / "caches" / f"{task.name}-{split}.h5"
-    extract_corpus(source, path, text_column=task.text_column, label_column=task.label_column, model=model,
+    extract_corpus(spec.source, path, text_column=spec.text_column, label_column=spec.label_column, model=model,
                    max_length=max_length, progress=progress)
     return str(path)
 
@@ -152,7 +151,7 @@ def _cached(tasks, out: Path, budget, model, settings: FinetuneSettings, compare
 
 
 def _end_to_end(tasks, out: Path, budget, model, settings: FinetuneSettings, compare: bool, progress: bool):
-    loaded = [Task(t.name, read_corpus(t.spec(t.train)), read_corpus(t.spec(t.test)), budget) for t in tasks]
+    loaded = [Task(t.name, read_corpus(t.spec("train")), read_corpus(t.spec("test")), budget) for t in tasks]
     runs = [("multitask-finetune", loaded, out / "multitask", True)]
     if compare:
         runs += [(f"finetune-{settings.head}", [task], out / "single" / task.name, False) for task in loaded]
