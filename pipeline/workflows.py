@@ -73,7 +73,10 @@ def evaluate_head(head_dir: str, cache_path: str | None = None, *, corpus: Corpu
         cache_path = corpus.source
     else:
         with open_cache(cache_path) as cache:
-            check_feature_source(info, cache.meta, cache_name=str(cache_path))
+            try:
+                check_feature_source(info, cache.meta, cache_name=str(cache_path))
+            except ValueError as exc:
+                raise InputError(str(exc)) from None
             X = cache.features(info.get("pooling") or "mean", layers=info.get("layers"))
             y = cache.label_strings()
     if label_map:
