@@ -249,8 +249,11 @@ class _Split:
 
 def _split(task: Task, tokenizer, settings: FinetuneSettings, max_length: int) -> _Split:
     labels = np.array([r.label for r in task.train])
-    rows = np.arange(len(labels)) if task.budget is None else \
-        np.sort(sample_budget(labels, per_class=task.budget, random_state=settings.seed))
+    try:
+        rows = np.arange(len(labels)) if task.budget is None else \
+            np.sort(sample_budget(labels, per_class=task.budget, random_state=settings.seed))
+    except ValueError as exc:  # a class smaller than the budget, named by sample_budget
+        raise InputError(f"task {task.name}: {exc}") from None
     codes = np.searchsorted(task.classes, labels[rows])
     local = np.arange(len(rows))
     val = np.array([], dtype=np.int64)

@@ -33,7 +33,10 @@ def train_head(train: str, head: str, output: str, *, budget: int | None = None,
         X = cache.features(pooling, layers=layers)
         y = cache.label_strings()
         meta = cache.meta
-    rows = np.arange(len(y)) if budget is None else sample_budget(y, per_class=budget, random_state=seed)
+    try:
+        rows = np.arange(len(y)) if budget is None else sample_budget(y, per_class=budget, random_state=seed)
+    except ValueError as exc:  # a class smaller than the budget, named by sample_budget
+        raise InputError(f"{train}: {exc}") from None
     model = HEADS[head](**{**(params or {}), "random_state": seed}).fit(X[rows], y[rows])
     info = feature_info(meta, pooling, layers)
     info["train_rows"] = len(rows)

@@ -87,6 +87,9 @@ def test_bad_tasks_are_refused_clearly(tiny_bert):
         Task("t", _records(2, 0, classes=("sport", "money")), _records(1, 0, classes=("music",)))
     with pytest.raises(InputError, match="head: expected one of"):
         FinetuneSettings(head="mlp")
+    with pytest.raises(InputError, match="task t: .*music"):  # a budget larger than a class names the class
+        train_finetune([Task("t", _records(5, 0, ("sport", "money")) + _records(2, 1, ("music",)), budget=4)],
+                       model=str(tiny_bert), settings=FinetuneSettings(**FAST), progress=False)
 
 
 def test_multitask_end_to_end_trains_and_reports_both_tasks(tiny_bert, tmp_path):
