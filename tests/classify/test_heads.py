@@ -135,3 +135,35 @@ def test_layer_prior_auto_chooses_by_cross_validation():
     assert np.allclose(p0, 0) or (np.allclose(p0[:-1], 0) and p0[-1] > 0)
     with pytest.raises(ValueError, match="layer_prior must be one of"):
         LayerAttention(layer_prior="first").fit(X, y)
+
+
+def test_probe_prior_is_leave_one_out_nearest_centroid_accuracy_per_layer():
+    from classify.features import layer_stats
+    from classify.heads import probe_prior
+
+    X, y = toy(n=40)
+    codes = np.unique(y, return_inverse=True)[1]
+    prior = probe_prior(X, codes, 3)
+    # by hand: standardise, unit-normalise, leave each row out of its class centroid, nearest by mean cosine
+    mean, std = layer_stats(X)
+    Z = (X - mean) / std
+    Z /= np.linalg.norm(Z, axis=-1, keepdims=True)
+    accuracy = []
+    for layer in range(X.shape[1]):
+        hits = 0
+        for i in range(len(X)):
+            keep = np.arange(len(X)) != i
+            sims = [Z[keep & (codes == c), layer].sum(0) @ Z[i, layer] / (keep & (codes == c)).sum() for c in range(3)]
+            hits += int(np.argmax(sims) == codes[i])
+        accuracy.append(hits / len(X))
+    accuracy = np.array(accuracy)
+    np.testing.assert_allclose(prior, 2.0 * (accuracy - accuracy.max()) / (accuracy.max() - accuracy.min()), atol=1e-5)
+    assert prior.argmax() == 2 and prior.min() == pytest.approx(-2.0)  # layer 2 carries the labels
+
+
+def test_probe_prior_steers_the_selector_to_the_informative_layer():
+    X, y = toy(n=60)
+    uniform = LayerAttention(random_state=0).fit(X, y)
+    probe = LayerAttention(random_state=0, layer_prior="probe").fit(X, y)
+    assert probe.layer_weights_[2] > uniform.layer_weights_[2]
+    assert probe.layer_weights_.argmax() == 2
