@@ -1,6 +1,7 @@
 """Fine-tuning against cached heads on TREC-6, and multi-task against one model per task.
 
     python bench/finetune_trec.py [--seeds-all 3] [--seeds-budget 3] [--budget 64] [--skip-multitask]
+                                  [--reuse-finetune]
 
 1. All training data: fine-tuning (LayerAttention on the encoder, bench defaults = the released defaults)
    against every cached head trained on the MiniLM cache; the bar is ≥ 96.4% test accuracy (ULMFiT).
@@ -60,7 +61,14 @@ def main() -> None:
     ap.add_argument("--seeds-budget", type=int, default=3)
     ap.add_argument("--budget", type=int, default=64)
     ap.add_argument("--skip-multitask", action="store_true")
+    ap.add_argument("--reuse-finetune", action="store_true",
+                    help="keep fine-tuning results already in runs/bench/finetune (after a change to cached heads only)")
     args = ap.parse_args()
+
+    def fine_tune(tasks: list[Task], folder: Path, seed: int) -> None:
+        if not (args.reuse_finetune and (folder / "metrics.json").exists()):
+            finetune(tasks, folder, settings=FinetuneSettings(seed=seed), progress=False)
+
     train = read_corpus(CorpusSpec(str(SHARED / "trec" / "train.csv")))
     test = read_corpus(CorpusSpec(str(SHARED / "trec" / "test.csv")))
     X, y, Xt, yt = load("trec")
@@ -72,7 +80,7 @@ def main() -> None:
     runs.append(OUT / "cached-all")
     for seed in range(args.seeds_all):
         folder = OUT / f"finetune-all-seed{seed}"
-        finetune([Task("trec", train, test)], folder, settings=FinetuneSettings(seed=seed), progress=False)
+        fine_tune([Task("trec", train, test)], folder, seed)
         runs.append(folder)
 
     print(f"## TREC-6, {args.budget} labels per class")
@@ -81,7 +89,7 @@ def main() -> None:
     runs.append(OUT / f"cached-{args.budget}")
     for seed in seeds:
         folder = OUT / f"finetune-{args.budget}-seed{seed}"
-        finetune([Task("trec", train, test, args.budget)], folder, settings=FinetuneSettings(seed=seed), progress=False)
+        fine_tune([Task("trec", train, test, args.budget)], folder, seed)
         runs.append(folder)
 
     table, _ = compare_runs([str(r) for r in runs], str(OUT / "report"), task="trec")
@@ -100,8 +108,12 @@ def main() -> None:
         print(f"## multi-task TREC-6 + SST-2, {args.budget} labels per class")
         tasks = [parse_task("trec"), parse_task("sst2")]
         for mode, cached in (("cached", True), ("end-to-end", False)):
-            metrics = run_multitask(tasks, OUT / f"multitask-{mode}", cached=cached, budget=args.budget,
-                                    settings=FinetuneSettings(), progress=False)
+            folder = OUT / f"multitask-{mode}"
+            if args.reuse_finetune and not cached and (folder / "metrics.json").exists():
+                metrics = json.loads((folder / "metrics.json").read_text())
+            else:
+                metrics = run_multitask(tasks, folder, cached=cached, budget=args.budget,
+                                        settings=FinetuneSettings(), progress=False)
             for r in metrics["comparison"]:
                 print(f"{mode:>10} {r['task']:>5} {r['method']:<26} {100 * r['accuracy']:.2f}%  {r['train_seconds']:.1f} s")
             print(f"{mode:>10} total training seconds: " +

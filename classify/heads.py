@@ -4,6 +4,12 @@ Both take X of shape (n_docs, n_layers, hidden) and train an ensemble of `n_memb
 in one vectorised pass (see stack.py). With enough labels each member early-stops on its own stratified
 fold of the training rows, so together they use every row; with few labels they train a fixed number of
 epochs. Predictions average the members' probabilities.
+
+The selector starts from, and is held near, a prior over layers (`layer_prior`): "probe" (the default) scores
+each layer by how well it alone separates the labelled rows (leave-one-out nearest centroid, no training);
+"uniform" treats every layer alike; "last" favours the last layer; "auto" picks uniform or last by k-fold
+cross-validation. Measured on four datasets (README): probe is never more than a point behind the last-layer
+baseline, where uniform lost up to 8 points when the last layer was the best one.
 """
 from __future__ import annotations
 
@@ -58,7 +64,7 @@ class _StackHead(ClassifierMixin, BaseEstimator):
     def __init__(self, *, n_members: int = 5, normalize: str = "standard", lr: float = 3e-2,
                  C: float = 0.5, dropout: float = 0.0, max_epochs: int = 300, patience: int = 20,
                  validation: str = "auto", min_val_per_class: int = 100, epochs_without_validation: int = 100,
-                 class_weight: str | None = None, layer_prior: str = "uniform", random_state: int | None = 0) -> None:
+                 class_weight: str | None = None, layer_prior: str = "probe", random_state: int | None = 0) -> None:
         self.n_members = n_members
         self.layer_prior = layer_prior
         self.normalize = normalize
@@ -327,7 +333,7 @@ class _StackHead(ClassifierMixin, BaseEstimator):
 
 
 class ScalarMix(_StackHead):
-    """ELMo's scalar mix γ·Σ softmax(w)ₗ·hₗ over all layers (w starts uniform), then a linear classifier.
+    """ELMo's scalar mix γ·Σ softmax(w)ₗ·hₗ over all layers (w starts at the layer prior), then a linear classifier.
 
     X: (n_docs, n_layers, hidden). Each layer is standardised per dimension on the training rows
     (normalize="standard"). `layer_weights_` holds the learned softmax(w), averaged over members.
@@ -340,8 +346,8 @@ class LayerAttention(_StackHead):
     """The FineText selector: per-document attention over layers, computed from the layers' own vectors.
 
     X: (n_docs, n_layers, hidden). For document d, s_l = x_l·u_l/√H + p_l, α = softmax_l(s), and the
-    classifier sees Σ_l α_l x_l. It starts as a uniform mix (u = 0, p = 0) and learns which layers matter,
-    per document. `layer_weights(X)` gives (n_docs, n_layers); `layer_weights_` their mean on the training rows.
+    classifier sees Σ_l α_l x_l. It starts from the layer prior (u = 0, p = the prior) and learns which layers
+    matter, per document. `layer_weights(X)` gives (n_docs, n_layers); `layer_weights_` their mean on the training rows.
     """
 
     _stack = LayerAttentionStack

@@ -13,20 +13,23 @@ import torch
 import torch.nn.functional as F
 
 from classify.features import check_features, layer_stats
-from classify.heads import LayerAttention
+from classify.heads import LayerAttention, probe_prior
 from classify.stack import LayerAttentionStack
 
 SHARED = ("u", "w")  # the selector's parameters
 
 
 def fit_shared_selector(data: Mapping[str, tuple[object, object]], *, lr: float = 3e-2, C: float = 0.5,
-                        epochs: int = 100, batch_rows: int = 4096, random_state: int = 0) -> dict[str, LayerAttention]:
+                        epochs: int = 100, batch_rows: int = 4096, layer_prior: str = "probe",
+                        random_state: int = 0) -> dict[str, LayerAttention]:
     """Fit one LayerAttention per task with a shared selector, jointly. data: task -> (X (n, L, H), y).
 
     The objective is the sum over tasks of each task's single-task objective (mean cross-entropy plus
     scikit-learn-scaled L2, as LayerAttention), so a task alone would train exactly as LayerAttention
-    with one member and no validation.
+    with one member and no validation. layer_prior: "probe" (the mean of the tasks' probe priors) or "uniform".
     """
+    if layer_prior not in ("probe", "uniform"):
+        raise ValueError(f"layer_prior: expected 'probe' or 'uniform', got {layer_prior!r}.")
     if len(data) < 1:
         raise ValueError("fit_shared_selector: give at least one task.")
     names = list(data)
@@ -45,10 +48,16 @@ def fit_shared_selector(data: Mapping[str, tuple[object, object]], *, lr: float 
         raise ValueError(f"tasks must share one model's features (layers, hidden); got {shapes}. Extract every "
                          "task with the same --model.")
     L, H = next(iter(shapes.values()))
+    prior = np.zeros(L, np.float32)
+    if layer_prior == "probe":
+        prior = np.mean([probe_prior(X, codes, len(classes)) for X, classes, codes in prepared.values()], axis=0)
     modules, tensors = {}, {}
     for i, (name, (X, classes, codes)) in enumerate(prepared.items()):
         mean, std = layer_stats(X)
         module = LayerAttentionStack(1, 1, L, H, len(classes), torch.Generator().manual_seed(random_state + i))
+        with torch.no_grad():
+            module.p0[:] = torch.from_numpy(prior)
+            module.w.copy_(module.p0)
         if i:
             for p in SHARED:
                 setattr(module, p, getattr(modules[names[0]], p))
@@ -81,7 +90,8 @@ def fit_shared_selector(data: Mapping[str, tuple[object, object]], *, lr: float 
             weights = module.layer_weights(x[None]).mean((0, 1, 2)).numpy()  # (L,)
         state = {k: v.detach().numpy().copy() for k, v in module.state_dict().items()}
         state |= {"mean": mean, "std": std, "best_epoch": np.full((1, 1), epochs - 1, np.int64)}
-        head = LayerAttention(n_members=1, lr=lr, C=C, epochs_without_validation=epochs, random_state=random_state)
+        head = LayerAttention(n_members=1, lr=lr, C=C, epochs_without_validation=epochs, layer_prior=layer_prior,
+                              random_state=random_state)
         head._import(classes, L, H, state, {"layer_weights": weights.tolist()})
         heads[name] = head
     return heads

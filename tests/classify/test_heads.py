@@ -163,7 +163,7 @@ def test_probe_prior_is_leave_one_out_nearest_centroid_accuracy_per_layer():
 
 def test_probe_prior_steers_the_selector_to_the_informative_layer():
     X, y = toy(n=60)
-    uniform = LayerAttention(random_state=0).fit(X, y)
+    uniform = LayerAttention(random_state=0, layer_prior="uniform").fit(X, y)
     probe = LayerAttention(random_state=0, layer_prior="probe").fit(X, y)
     assert probe.layer_weights_[2] > uniform.layer_weights_[2]
     assert probe.layer_weights_.argmax() == 2
