@@ -176,8 +176,11 @@ def _append_cells(path: Path, cells: list[dict[str, Any]]) -> None:
         os.fsync(f.fileno())
 
 
-def run_sweep(config: SweepConfig, progress: bool = True) -> Path:
-    """Train the whole grid on cached features, evaluate each fit on the test set, write the report."""
+def run_sweep(config: SweepConfig, progress: bool = True, replace_other: bool = False) -> Path:
+    """Train the whole grid on cached features, evaluate each fit on the test set, write the report.
+
+    replace_other: start over when the folder holds another sweep's results (else that is an error).
+    """
     from pipeline.report import write_report
 
     out = Path(config.output)
@@ -188,13 +191,20 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> Path:
         "test_cache": {k: (data.test_meta or {}).get(k) for k in ("corpus_fingerprint", "settings_fingerprint")},
         "library_versions": data.train_meta.get("library_versions", {}),
     }
+    # every head's full hyperparameters, defaults included: a release that changes a default is another sweep
+    resolved = {h: HEADS[h](**config.params.get(h, {})).get_params() for h in config.heads}
     identity = hashlib.sha256(json.dumps([asdict(config) | {"output": None}, provenance["train_cache"],
-                                          provenance["test_cache"]], sort_keys=True).encode()).hexdigest()
+                                          provenance["test_cache"], resolved], sort_keys=True,
+                                         default=str).encode()).hexdigest()
     cells_path = out / "cells.jsonl"
     stamp = out / "sweep-id"
     if stamp.exists() and stamp.read_text().strip() != identity:
-        raise InputError(f"{out} holds results of another sweep (other caches or settings). Choose another "
-                         "--output, or delete that folder to start over.")
+        if replace_other:
+            cells_path.unlink(missing_ok=True)
+            (out / "layer_probe.json").unlink(missing_ok=True)
+        else:
+            raise InputError(f"{out} holds results of another sweep (other caches or settings). Choose another "
+                             "--output, or delete that folder to start over.")
     _publish_text(stamp, identity + "\n")
     write_config(config, out / "config.toml", provenance)
     done = {tuple(c[k] for k in CELL_KEYS) for c in _read_cells(cells_path)}

@@ -202,4 +202,4 @@ def run_demo(output: str = "runs/demo", *, seeds: int = 5, budgets: Sequence[str
     result = extract_corpus("bbc", cache, max_length=max_length, progress=progress)
     print(f"{cache}: {result.status}, {result.n_docs} documents")
     config = SweepConfig(train=str(cache), output=str(out / "sweep"), budgets=list(budgets), seeds=seeds)
-    return run_sweep(config, progress=progress)
+    return run_sweep(config, progress=progress, replace_other=True)  # the demo's own folder: redo if settings changed

@@ -61,6 +61,18 @@ def test_config_round_trip_reproduces_the_table(tmp_path, bbc_cache):
     assert strip(first) == strip(second)
 
 
+def test_a_folder_of_another_sweep_is_refused_or_replaced(tmp_path, bbc_cache):
+    out = tmp_path / "s"
+    run_sweep(small_config(bbc_cache, out, heads=["last-layer"]), progress=False)
+    changed = small_config(bbc_cache, out, heads=["last-layer"])
+    changed.params = {"last-layer": {"C": 0.1}}
+    with pytest.raises(InputError, match="holds results of another sweep"):
+        run_sweep(changed, progress=False)
+    run_sweep(changed, progress=False, replace_other=True)  # the demo's way: start over
+    assert all(c["head"] == "last-layer" for c in _read_cells(out / "cells.jsonl"))
+    assert len(_read_cells(out / "cells.jsonl")) == len(changed.budgets) * changed.seeds
+
+
 def test_sweep_refuses_caches_of_different_settings(tmp_path, bbc_cache, bbc_slice, tiny_bert):
     other = tmp_path / "other.h5"
     extract_corpus(str(bbc_slice), other, model=str(tiny_bert), max_length=32, device="cpu", progress=False)
