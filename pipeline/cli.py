@@ -178,7 +178,8 @@ def _finetune_settings(args: argparse.Namespace):
     from pipeline.finetune import FinetuneSettings
 
     return FinetuneSettings(
-        head=args.head, pooling=args.pooling, max_length=args.max_length or 128, epochs=args.epochs,
+        head=args.head, pooling=args.pooling, max_length=args.max_length or FinetuneSettings.max_length,
+        epochs=args.epochs,
         min_steps=args.min_steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
         layer_decay=args.layer_decay, head_lr=args.head_lr, warmup=args.warmup, validation=args.validation,
         patience=args.patience, seed=args.seed, device=args.device, precision=args.precision)

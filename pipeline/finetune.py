@@ -36,6 +36,7 @@ from extract.corpus import Record
 from extract.encoder import describe_model, load_model, resolve_device, resolve_model, weights_hash
 from extract.errors import InputError
 from extract.pooling import POOLINGS, pool
+from extract.run import CHARS_PER_TOKEN_CAP
 
 FINETUNE_HEADS = ("layer-attention", "scalar-mix", "last-layer")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -181,8 +182,9 @@ class Tokenized:
     """Token ids of some records, padded per batch on the right."""
 
     def __init__(self, tokenizer, records: Sequence[Record], max_length: int) -> None:
-        texts = [r.text for r in records]
-        pairs = [r.text_pair or "" for r in records] if records and records[0].text_pair is not None else None
+        cap = max_length * CHARS_PER_TOKEN_CAP  # as extract: a huge document costs no more than a long one
+        texts = [r.text[:cap] for r in records]
+        pairs = [(r.text_pair or "")[:cap] for r in records] if records and records[0].text_pair is not None else None
         enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
         self.ids, self.types = enc["input_ids"], enc.get("token_type_ids")
         self.lengths = np.array([len(x) for x in self.ids])
