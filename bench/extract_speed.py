@@ -52,7 +52,7 @@ def mixed_corpus(path: Path, n_trec: int, n_bbc: int, copies: int = 1) -> int:
 
 def forward_mean(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     out = model(**batch, output_hidden_states=True)
-    return pool(torch.stack(out.hidden_states).float(), batch["attention_mask"], "mean").cpu()
+    return pool([h.float() for h in out.hidden_states], batch["attention_mask"], "mean").cpu()
 
 
 def bare_sorted(model, tokenizer, texts, max_length, batch_tokens, device) -> tuple[float, int]:

@@ -205,14 +205,14 @@ class BlockEncoder:
             if type_ids is not None:
                 inputs["token_type_ids"] = torch.from_numpy(type_ids).to(self.device)
             out = self.model(**inputs, output_hidden_states=True)
-            hidden = torch.stack(out.hidden_states).float()  # (layers, batch, seq, hidden)
+            hidden = [h.float() for h in out.hidden_states]  # layers × (batch, seq, hidden)
             for name in pooled:
                 rows = pool(hidden, inputs["attention_mask"], name).to(self.storage).cpu().numpy()
                 if pooled[name] is None:
                     pooled[name] = np.empty((n, *rows.shape[1:]), dtype=rows.dtype)  # (block, layers, hidden)
                 pooled[name][batch] = rows
             if self.token_layers is not None:
-                kept = hidden[self.token_layers].transpose(0, 1).to(self.storage)  # (batch, kept, seq, hidden)
+                kept = torch.stack([hidden[k] for k in self.token_layers], 1).to(self.storage)  # (batch, kept, seq, hidden)
                 for row, i in enumerate(batch):
                     token_rows[i] = kept[row, :, :lengths[i]].transpose(0, 1).cpu().numpy()  # (tokens, kept, hidden)
         arrays = {f"pool_{name}": value for name, value in pooled.items()}

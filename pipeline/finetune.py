@@ -141,9 +141,8 @@ class FinetuneModel(torch.nn.Module):
 
     def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(n, L, H) every hidden state pooled per document, in fp32."""
-        out = self.encoder(**batch, output_hidden_states=True)
-        hidden = torch.stack(out.hidden_states)  # (L, n, seq, H)
-        return pool(hidden, batch["attention_mask"], self.pooling).float()
+        out = self.encoder(**batch, output_hidden_states=True)  # hidden_states: L × (n, seq, H)
+        return pool(out.hidden_states, batch["attention_mask"], self.pooling).float()
 
     def forward(self, batch: dict[str, torch.Tensor], task: str, dropout: float = 0.0) -> torch.Tensor:
         """logits (n, C) for `task`."""
