@@ -118,10 +118,21 @@ def _cached(tasks, out: Path, budget, model, settings: FinetuneSettings, compare
     for t in tasks:
         with open_cache(_cache(t, "train", out, model, settings.max_length, progress)) as c:
             X, y, metas[t.name] = c.features(settings.pooling), c.label_strings(), c.meta
-        rows = np.arange(len(y)) if budget is None else sample_budget(y, per_class=budget, random_state=settings.seed)
+        try:
+            rows = np.arange(len(y)) if budget is None else \
+                sample_budget(y, per_class=budget, random_state=settings.seed)
+        except ValueError as exc:  # a class smaller than the budget, named by sample_budget
+            raise InputError(f"task {t.name}: {exc}") from None
         data[t.name] = (X[rows], y[rows])
         with open_cache(_cache(t, "test", out, model, settings.max_length, progress)) as c:
             tests[t.name] = (c.features(settings.pooling), c.label_strings())
+            test_settings = c.meta["settings_fingerprint"]
+        first = metas[tasks[0].name]["settings_fingerprint"]
+        for split, fingerprint in (("train", metas[t.name]["settings_fingerprint"]), ("test", test_settings)):
+            if fingerprint != first:
+                raise InputError(f"task {t.name}: its {split} cache was extracted with other settings than task "
+                                 f"{tasks[0].name}'s train cache (settings fingerprint {fingerprint[:12]} vs "
+                                 f"{first[:12]}); extract every cache with the same model and options.")
     budget_name = "all" if budget is None else str(budget)
     rows, cells = [], []
     start = time.perf_counter()

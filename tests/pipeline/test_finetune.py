@@ -155,3 +155,15 @@ def test_read_corpus_names_the_bad_row(tmp_path):
     path = write_csv(tmp_path / "bad.csv", [{"text": "fine", "label": "a"}, {"text": "", "label": "b"}])
     with pytest.raises(InputError, match="row 2"):
         read_corpus(CorpusSpec(str(path)))
+
+
+def test_multitask_cached_refuses_caches_of_other_settings(tiny_bert, tmp_path, capsys):
+    csv = write_csv(tmp_path / "t.csv", [{"text": r.text, "label": r.label} for r in _records(4, 0)])
+    paths = {}
+    for name, max_length in (("a", 32), ("b", 16)):
+        paths[name] = str(tmp_path / f"{name}.h5")
+        assert main(["extract", str(csv), "--model", str(tiny_bert), "-o", paths[name], "--max-length",
+                     str(max_length), "-q"]) == 0
+    args = [f"one={paths['a']},{paths['a']}", f"two={paths['a']},{paths['b']}"]
+    assert main(["multitask", *args, "--cached", "-o", str(tmp_path / "mt"), "-q"]) == 2
+    assert "task two: its test cache was extracted with other settings" in capsys.readouterr().err
