@@ -32,7 +32,7 @@ from classify.budget import stratified_folds
 from classify.persist import replace_dir, staging_dir, write_head_files
 from classify.stack import LayerAttentionStack, ScalarMixStack
 from extract.batching import token_budget_batches
-from extract.corpus import Record
+from extract.corpus import CorpusSpec, Record
 from extract.encoder import describe_model, load_model, resolve_device, resolve_model, weights_hash
 from extract.errors import InputError
 from extract.pooling import POOLINGS, pool
@@ -463,11 +463,11 @@ def save_finetuned(trained: Finetuned, tasks: Sequence[Task], output: str | os.P
                                "weights_sha256": info.weights_sha256},
         }
         single = len(tasks) == 1
-        for t in tasks:
+        for t, r in zip(tasks, results):
             folder = staged if single else staged / t.name
             folder.mkdir(exist_ok=True)
             write_head_files(exports[t.name], folder, {**feature_info, "encoder_dir": "encoder" if single else "../encoder",
-                                                       "task": t.name, "train_rows": len(t.train)})
+                                                       "task": t.name, "train_rows": len(r.rows)})
         (staged / "metrics.json").write_text(json.dumps(metrics, indent=1))
         kind = f"finetune-{settings.head}" if single else "multitask-finetune"
         with open(staged / "cells.jsonl", "w") as f:
@@ -484,11 +484,11 @@ def save_finetuned(trained: Finetuned, tasks: Sequence[Task], output: str | os.P
             shutil.rmtree(staged)
 
 
-def read_corpus(spec, *, labelled: bool = True) -> list[Record]:
-    """Every record of a corpus, validated first with extract's rules (the file, row and field of any fault)."""
+def read_corpus(spec: CorpusSpec) -> list[Record]:
+    """Every record of a labelled corpus, validated first with extract's rules (file, row and field of any fault)."""
     from extract import iter_records, scan
 
-    if labelled and spec.label_column is None:
+    if spec.label_column is None:
         raise InputError(f"{spec.source}: fine-tuning needs labels; give --label-column.")
     scan(spec)
     return list(iter_records(spec))
