@@ -8,6 +8,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
+from threadpoolctl import threadpool_limits
 
 from classify.features import check_features, check_known_labels
 
@@ -37,8 +38,11 @@ class LastLayerLogReg(ClassifierMixin, BaseEstimator):
         check_classification_targets(y)
         if len(np.unique(y)) < 2:
             raise ValueError(f"y: only one class ({y[0]!r}) in the training rows; a classifier needs at least two.")
-        self.model_ = LogisticRegression(C=self.C, max_iter=self.max_iter, class_weight=self.class_weight,
-                                         random_state=self.random_state).fit(X[:, self.layer], y)
+        # One BLAS thread: lbfgs on (n, hidden) features is too small to share out; on 2 cores the default
+        # threading ran 2.1-5.9x slower (bench/blas_threads.py on banking77).
+        with threadpool_limits(1, user_api="blas"):
+            self.model_ = LogisticRegression(C=self.C, max_iter=self.max_iter, class_weight=self.class_weight,
+                                             random_state=self.random_state).fit(X[:, self.layer], y)
         self.classes_ = self.model_.classes_
         self.n_layers_, self.hidden_size_ = int(X.shape[1]), int(X.shape[2])
         self.n_features_in_ = self.n_layers_ * self.hidden_size_
