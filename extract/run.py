@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from extract.batching import token_budget_batches
+from extract.batching import pad_right, token_budget_batches
 from extract.cache import SCHEMA_VERSION, FORMAT, ShardStore, partial_dir, read_attrs, write_cache
 from extract.corpus import CorpusSpec, Record, iter_records, scan
 from extract.encoder import COMPUTE_DTYPES, ModelInfo, describe_model, load_model, resolve_device, resolve_model
@@ -189,21 +189,7 @@ class BlockEncoder:
         token_rows: list[np.ndarray | None] = [None] * n
         pad_id = self.tokenizer.pad_token_id
         for batch in token_budget_batches(lengths, self.batch_tokens):
-            width = int(lengths[batch].max())
-            # Right padding for every model: positions start at 0 for every document, which causal
-            # models need; pooling itself does not care which side is padded.
-            input_ids = np.full((len(batch), width), pad_id, dtype=np.int64)  # (batch, seq)
-            mask = np.zeros((len(batch), width), dtype=np.int64)  # (batch, seq)
-            type_ids = np.zeros((len(batch), width), dtype=np.int64) if types is not None else None
-            for row, i in enumerate(batch):
-                input_ids[row, :lengths[i]] = ids[i]
-                mask[row, :lengths[i]] = 1
-                if type_ids is not None:
-                    type_ids[row, :lengths[i]] = types[i]
-            inputs = {"input_ids": torch.from_numpy(input_ids).to(self.device),
-                      "attention_mask": torch.from_numpy(mask).to(self.device)}
-            if type_ids is not None:
-                inputs["token_type_ids"] = torch.from_numpy(type_ids).to(self.device)
+            inputs = {k: torch.from_numpy(v).to(self.device) for k, v in pad_right(ids, types, batch, pad_id).items()}
             out = self.model(**inputs, output_hidden_states=True)
             hidden = [h.float() for h in out.hidden_states]  # layers × (batch, seq, hidden)
             for name in pooled:

@@ -31,7 +31,7 @@ from classify import LastLayerLogReg, LayerAttention, ScalarMix, sample_budget
 from classify.budget import stratified_folds
 from classify.persist import replace_dir, staging_dir, write_head_files
 from classify.stack import LayerAttentionStack, ScalarMixStack
-from extract.batching import token_budget_batches
+from extract.batching import pad_right, token_budget_batches
 from extract.corpus import CorpusSpec, Record
 from extract.encoder import describe_model, load_model, resolve_device, resolve_model, weights_hash
 from extract.errors import InputError
@@ -190,19 +190,7 @@ class Tokenized:
         self.pad_id = tokenizer.pad_token_id
 
     def batch(self, rows: Sequence[int], device: torch.device) -> dict[str, torch.Tensor]:
-        width = int(self.lengths[rows].max())
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)  # (batch, seq)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        types = torch.zeros((len(rows), width), dtype=torch.long) if self.types is not None else None
-        for r, i in enumerate(rows):
-            ids[r, :self.lengths[i]] = torch.tensor(self.ids[i])
-            mask[r, :self.lengths[i]] = 1
-            if types is not None:
-                types[r, :self.lengths[i]] = torch.tensor(self.types[i])
-        batch = {"input_ids": ids, "attention_mask": mask}
-        if types is not None:
-            batch["token_type_ids"] = types
-        return {k: v.to(device) for k, v in batch.items()}
+        return {k: torch.from_numpy(v).to(device) for k, v in pad_right(self.ids, self.types, rows, self.pad_id).items()}
 
 
 def _train_batches(lengths: np.ndarray, rows: np.ndarray, size: int, rng: np.random.Generator) -> list[np.ndarray]:

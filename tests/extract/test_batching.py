@@ -24,3 +24,14 @@ def test_a_document_longer_than_the_budget_gets_its_own_batch():
 def test_bad_budget_is_refused():
     with pytest.raises(ValueError, match="max_tokens"):
         token_budget_batches(np.array([1]), max_tokens=0)
+
+
+def test_pad_right_pads_every_document_on_the_right():
+    from extract.batching import pad_right
+
+    ids, types = [[5, 6, 7], [8], [9, 10]], [[0, 0, 1], [0], [0, 1]]
+    batch = pad_right(ids, types, [2, 0], pad_id=0)
+    np.testing.assert_array_equal(batch["input_ids"], [[9, 10, 0], [5, 6, 7]])
+    np.testing.assert_array_equal(batch["attention_mask"], [[1, 1, 0], [1, 1, 1]])
+    np.testing.assert_array_equal(batch["token_type_ids"], [[0, 1, 0], [0, 0, 1]])
+    assert "token_type_ids" not in pad_right(ids, None, [1], pad_id=3)
