@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from classify import LastLayerLogReg, LayerAttention, ScalarMix, sample_budget
+from classify import LastLayerLogReg, LayerAttention, ScalarMix
 from classify.budget import stratified_folds
 from classify.persist import replace_dir, staging_dir, write_head_files
 from classify.stack import LayerAttentionStack, ScalarMixStack
@@ -37,6 +37,7 @@ from extract.encoder import describe_model, load_model, resolve_device, resolve_
 from extract.errors import InputError
 from extract.pooling import POOLINGS, pool
 from extract.run import CHARS_PER_TOKEN_CAP
+from pipeline.sweep import budget_rows
 
 FINETUNE_HEADS = ("layer-attention", "scalar-mix", "last-layer")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -238,11 +239,7 @@ class _Split:
 
 def _split(task: Task, tokenizer, settings: FinetuneSettings, max_length: int) -> _Split:
     labels = np.array([r.label for r in task.train])
-    try:
-        rows = np.arange(len(labels)) if task.budget is None else \
-            np.sort(sample_budget(labels, per_class=task.budget, random_state=settings.seed))
-    except ValueError as exc:  # a class smaller than the budget, named by sample_budget
-        raise InputError(f"task {task.name}: {exc}") from None
+    rows = budget_rows(labels, task.budget, settings.seed, f"task {task.name}")
     codes = np.searchsorted(task.classes, labels[rows])
     local = np.arange(len(rows))
     val = np.array([], dtype=np.int64)

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 
 from extract import CorpusSpec, InputError, extract_corpus, open_cache
 from pipeline.finetune import FinetuneSettings, Task, finetune, read_corpus
+from pipeline.sweep import _publish_text, budget_rows
 
 
 @dataclass(frozen=True)
@@ -67,11 +67,8 @@ def _cache(task: TaskSource, split: str, output: Path, model: str | None, max_le
 
 def _write(output: Path, metrics: dict[str, Any], cells: list[dict[str, Any]]) -> None:
     output.mkdir(parents=True, exist_ok=True)
-    for name, text in (("metrics.json", json.dumps(metrics, indent=1)),
-                       ("cells.jsonl", "".join(json.dumps(c) + "\n" for c in cells))):
-        tmp = output / f".{name}.{os.getpid()}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, output / name)
+    _publish_text(output / "metrics.json", json.dumps(metrics, indent=1))
+    _publish_text(output / "cells.jsonl", "".join(json.dumps(c) + "\n" for c in cells))
 
 
 def run_multitask(tasks: Sequence[TaskSource], output: str | os.PathLike, *, cached: bool = False,
@@ -110,7 +107,7 @@ def _row(task: str, method: str, accuracy: float, macro_f1: float, seconds: floa
 def _cached(tasks, out: Path, budget, model, settings: FinetuneSettings, compare: bool, progress: bool):
     from sklearn.metrics import accuracy_score, f1_score
 
-    from classify import LayerAttention, sample_budget
+    from classify import LayerAttention
     from classify.multitask import fit_shared_selector
     from pipeline.workflows import feature_info
 
@@ -118,11 +115,7 @@ def _cached(tasks, out: Path, budget, model, settings: FinetuneSettings, compare
     for t in tasks:
         with open_cache(_cache(t, "train", out, model, settings.max_length, progress)) as c:
             X, y, metas[t.name] = c.features(settings.pooling), c.label_strings(), c.meta
-        try:
-            rows = np.arange(len(y)) if budget is None else \
-                sample_budget(y, per_class=budget, random_state=settings.seed)
-        except ValueError as exc:  # a class smaller than the budget, named by sample_budget
-            raise InputError(f"task {t.name}: {exc}") from None
+        rows = budget_rows(y, budget, settings.seed, f"task {t.name}")
         data[t.name] = (X[rows], y[rows])
         with open_cache(_cache(t, "test", out, model, settings.max_length, progress)) as c:
             tests[t.name] = (c.features(settings.pooling), c.label_strings())

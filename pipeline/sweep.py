@@ -141,6 +141,17 @@ def load_data(config: SweepConfig) -> Data:
     return Data(X, y, Xt, yt, meta, test_meta)
 
 
+def budget_rows(y: np.ndarray, per_class: int | None, seed: int, where: str) -> np.ndarray:
+    """Sorted rows of a per-class budget (all rows for None); a class smaller than the budget is an InputError
+    naming `where` (the cache or task) and the class."""
+    if per_class is None:
+        return np.arange(len(y))
+    try:
+        return sample_budget(y, per_class=per_class, random_state=seed)
+    except ValueError as exc:
+        raise InputError(f"{where}: {exc}") from None
+
+
 def _rows_for(config: SweepConfig, y: np.ndarray, budget: str, seed: int) -> np.ndarray:
     if budget == "all":
         return np.arange(len(y))

@@ -10,9 +10,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from classify import check_feature_source, load_head, sample_budget
+from classify import check_feature_source, load_head
 from extract import CorpusSpec, InputError, extract_corpus, iter_records, open_cache, scan
-from pipeline.sweep import HEADS, SweepConfig, run_sweep
+from pipeline.sweep import HEADS, SweepConfig, budget_rows, run_sweep
 
 
 def feature_info(meta: dict[str, Any], pooling: str, layers: Sequence[int] | None) -> dict[str, Any]:
@@ -33,10 +33,7 @@ def train_head(train: str, head: str, output: str, *, budget: int | None = None,
         X = cache.features(pooling, layers=layers)
         y = cache.label_strings()
         meta = cache.meta
-    try:
-        rows = np.arange(len(y)) if budget is None else sample_budget(y, per_class=budget, random_state=seed)
-    except ValueError as exc:  # a class smaller than the budget, named by sample_budget
-        raise InputError(f"{train}: {exc}") from None
+    rows = budget_rows(y, budget, seed, train)
     model = HEADS[head](**{**(params or {}), "random_state": seed}).fit(X[rows], y[rows])
     info = feature_info(meta, pooling, layers)
     info["train_rows"] = len(rows)
