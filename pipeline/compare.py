@@ -49,15 +49,7 @@ def collect(runs: Sequence[str], task: str | None = None) -> list[dict[str, Any]
 
 def seconds_table(summary: list[dict[str, Any]]) -> str:
     """Markdown: mean training seconds per method and budget."""
-    heads = list(dict.fromkeys(r["head"] for r in summary))
-    budgets = sorted({r["budget"] for r in summary}, key=_budget_key)
-    cell = {(r["head"], r["budget"]): r for r in summary}
-    lines = ["| method | " + " | ".join(f"{b}/class" if b != "all" else "all" for b in budgets) + " |",
-             "|---|" + "---|" * len(budgets)]
-    for h in heads:
-        lines.append(f"| {h} | " + " | ".join(f"{cell[(h, b)]['fit_seconds']:.2f}" if (h, b) in cell else ""
-                                              for b in budgets) + " |")
-    return "\n".join(lines)
+    return summary_table(summary, cell=lambda r: f"{r['fit_seconds']:.2f}", label="method")
 
 
 def _plot_time(path: Path, summary: list[dict[str, Any]]) -> None:

@@ -6,7 +6,7 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import matplotlib
 
@@ -55,24 +55,22 @@ def summarize(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def summary_table(summary: list[dict[str, Any]]) -> str:
-    """Markdown: heads as rows, budgets as columns, accuracy % mean ± 95% CI."""
+def _accuracy_cell(r: dict[str, Any]) -> str:
+    if r["seeds"] == 1:  # e.g. all the data: one fit, no interval
+        return f"{100 * r['accuracy']:.1f}"
+    return f"{100 * r['accuracy']:.1f} ± {100 * r['accuracy_ci']:.1f}"
+
+
+def summary_table(summary: list[dict[str, Any]], cell: Callable[[dict[str, Any]], str] = _accuracy_cell,
+                  label: str = "head") -> str:
+    """Markdown: heads as rows, budgets as columns; by default accuracy % mean ± 95% CI."""
     heads = list(dict.fromkeys(r["head"] for r in summary))
     budgets = sorted({r["budget"] for r in summary}, key=_budget_key)
-    cell = {(r["head"], r["budget"]): r for r in summary}
-    lines = ["| head | " + " | ".join(f"{b}/class" if b != "all" else "all" for b in budgets) + " |",
+    rows = {(r["head"], r["budget"]): r for r in summary}
+    lines = [f"| {label} | " + " | ".join(f"{b}/class" if b != "all" else "all" for b in budgets) + " |",
              "|---|" + "---|" * len(budgets)]
     for h in heads:
-        values = []
-        for b in budgets:
-            r = cell.get((h, b))
-            if r is None:
-                values.append("")
-            elif r["seeds"] == 1:  # e.g. all the data: one fit, no interval
-                values.append(f"{100 * r['accuracy']:.1f}")
-            else:
-                values.append(f"{100 * r['accuracy']:.1f} ± {100 * r['accuracy_ci']:.1f}")
-        lines.append(f"| {h} | " + " | ".join(values) + " |")
+        lines.append(f"| {h} | " + " | ".join(cell(rows[h, b]) if (h, b) in rows else "" for b in budgets) + " |")
     return "\n".join(lines)
 
 
