@@ -208,21 +208,23 @@ def _train_batches(lengths: np.ndarray, rows: np.ndarray, size: int, rng: np.ran
 @torch.inference_mode()
 def predict_proba(model: FinetuneModel, task: str, tokens: Tokenized, device: torch.device,
                   autocast, batch_tokens: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """(n, C) probabilities and (n, L) layer weights (None-free: ones for heads without a selector)."""
+    """(n, C) class probabilities and (n, L) weights over layers (uniform for a head without a selector)."""
     was = model.training
     model.eval()
-    proba, weights = [None] * len(tokens.lengths), [None] * len(tokens.lengths)
     head = model.heads[task]
+    proba, weights = None, None
     for rows in token_budget_batches(tokens.lengths, batch_tokens):
         with autocast():
             x = model.features(tokens.batch(rows, device))[None]  # (1, n, L, H)
-        p = head(x)[0, 0].softmax(-1).float().cpu().numpy()
+        p = head(x)[0, 0].softmax(-1).float().cpu().numpy()  # (n, C)
         w = head.layer_weights(x)[0, 0].float().cpu().numpy() if hasattr(head, "layer_weights") \
-            else np.ones((len(rows), x.shape[2]), np.float32) / x.shape[2]
-        for j, i in enumerate(rows):
-            proba[i], weights[i] = p[j], w[j]
+            else np.full((len(rows), x.shape[2]), 1.0 / x.shape[2], np.float32)  # (n, L)
+        if proba is None:
+            proba = np.empty((len(tokens.lengths), p.shape[1]), np.float32)
+            weights = np.empty((len(tokens.lengths), w.shape[1]), np.float32)
+        proba[rows], weights[rows] = p, w
     model.train(was)
-    return np.stack(proba), np.stack(weights)
+    return proba, weights
 
 
 @dataclass
