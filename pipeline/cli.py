@@ -50,22 +50,17 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def _extract(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
     from pathlib import Path
 
     from extract import extract_corpus
-    from pipeline.registry import registry, resolve
+    from pipeline.registry import registry
 
-    source, columns = args.input, {"text_column": args.text_column, "label_column": args.label_column}
-    if args.input in registry() and not Path(args.input).exists():
-        source, columns = resolve(args.input, args.split)
-    elif args.split:
+    if args.split and not (args.input in registry() and not Path(args.input).exists()):
         raise InputError(f"--split applies to registered datasets ({', '.join(registry())}), not {args.input!r}.")
+    spec = asdict(_corpus_spec(args, args.input, args.split))
     result = extract_corpus(
-        source, args.output,
-        text_column=columns.get("text_column", args.text_column), text_pair_column=args.text_pair_column,
-        label_column=None if args.no_labels else columns.get("label_column", args.label_column),
-        id_column=args.id_column,
-        fallback_encoding=args.fallback_encoding, skip_bad_rows=args.skip_bad_rows,
+        spec.pop("source"), args.output, **spec,
         model=args.model, revision=args.revision, poolings=args.pooling, max_length=args.max_length,
         device=args.device, compute_dtype=args.dtype, storage_dtype=args.storage_dtype,
         tokens=args.tokens, token_layers=args.token_layers, batch_tokens=args.batch_tokens,
