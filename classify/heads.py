@@ -29,6 +29,7 @@ from classify.stack import LayerAttentionStack, ScalarMixStack, TrainConfig, tra
 LAST_LAYER_PRIOR = 4.0  # prior score of the last layer in the last-layer-heavy candidate: α_last ≈ 0.9 of 7
 PROBE_PRIOR = 2.0  # prior score of the worst single layer under layer_prior="probe" (the best gets 0)
 MAX_STACK_BYTES = 16 << 20  # features per stack: measured fastest on CPU (cache-sized; 1 GiB stacks ran 1.8x slower)
+MAX_STACK_BYTES_GPU = 2 << 30  # a GPU runs best on as many heads per step as fit
 
 
 def probe_prior(X: np.ndarray, codes: np.ndarray, n_classes: int, strength: float = PROBE_PRIOR) -> np.ndarray:
@@ -64,7 +65,8 @@ class _StackHead(ClassifierMixin, BaseEstimator):
     def __init__(self, *, n_members: int = 5, normalize: str = "standard", lr: float = 3e-2,
                  C: float = 0.5, dropout: float = 0.0, max_epochs: int = 300, patience: int = 20,
                  validation: str = "auto", min_val_per_class: int = 100, epochs_without_validation: int = 100,
-                 class_weight: str | None = None, layer_prior: str = "probe", random_state: int | None = 0) -> None:
+                 class_weight: str | None = None, layer_prior: str = "probe", device: str = "cpu",
+                 random_state: int | None = 0) -> None:
         self.n_members = n_members
         self.layer_prior = layer_prior
         self.normalize = normalize
@@ -77,6 +79,7 @@ class _StackHead(ClassifierMixin, BaseEstimator):
         self.min_val_per_class = min_val_per_class
         self.epochs_without_validation = epochs_without_validation
         self.class_weight = class_weight
+        self.device = device
         self.random_state = random_state
 
     # --- checking ---------------------------------------------------------------------------------------
@@ -95,6 +98,22 @@ class _StackHead(ClassifierMixin, BaseEstimator):
                 raise ValueError(f"{type(self).__name__}: {name} must be a positive number, got {value!r}.")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"{type(self).__name__}: dropout must lie in [0, 1), got {self.dropout!r}.")
+        self._torch_device()
+
+    def _torch_device(self) -> torch.device:
+        """Where the stacks train: "cpu" (the default), "cuda", "cuda:1", "mps", or "auto" (a GPU when there is one).
+        Fitted heads always predict on the CPU; a GPU gives the same heads up to float rounding."""
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            device = torch.device(self.device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"{type(self).__name__}: device must be 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto', "
+                             f"got {self.device!r}.") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"{type(self).__name__}: device {self.device!r} asked for, but torch sees no CUDA GPU "
+                             f"(torch {torch.__version__}); use device='cpu' or 'auto'.")
+        return device
 
     def _check_y(self, X: np.ndarray, y: object) -> tuple[np.ndarray, np.ndarray]:
         y = np.asarray(y)
@@ -122,8 +141,9 @@ class _StackHead(ClassifierMixin, BaseEstimator):
         for i, rows in enumerate(row_sets):
             by_size.setdefault(len(rows), []).append(i)
         states: list[dict[str, np.ndarray] | None] = [None] * len(row_sets)
+        limit = MAX_STACK_BYTES if self._torch_device().type == "cpu" else MAX_STACK_BYTES_GPU
         for size, members in by_size.items():
-            step = max(1, MAX_STACK_BYTES // (size * L * H * 4))
+            step = max(1, limit // (size * L * H * 4))
             for start in range(0, len(members), step):
                 chunk = members[start:start + step]
                 fitted = self._fit_stack(X, codes, n_classes, [row_sets[i] for i in chunk], [seeds[i] for i in chunk])
@@ -205,10 +225,10 @@ class _StackHead(ClassifierMixin, BaseEstimator):
                 w_train[s, :, :n] = balance[None, :]
             if self.normalize == "standard":
                 mean[s], std[s] = layer_stats(X[rows])
-        x = torch.from_numpy((X[idx] - mean[:, None]) / std[:, None])  # (S, n_max, L, H)
-        y = torch.from_numpy(codes[idx])  # (S, n_max)
-        gen = torch.Generator().manual_seed(int(seeds[0]) * 7919 + S)  # dropout and minibatch order
-        module = self._stack(S, M, L, H, n_classes, gen)
+        device = self._torch_device()
+        x = torch.from_numpy((X[idx] - mean[:, None]) / std[:, None]).to(device)  # (S, n_max, L, H)
+        y = torch.from_numpy(codes[idx]).to(device)  # (S, n_max)
+        module = self._stack(S, M, L, H, n_classes, torch.Generator())
         with torch.no_grad():  # each set's initial weights from its own seed: batched == one at a time
             for s, seed in enumerate(seeds):
                 own = torch.Generator().manual_seed(int(seed))
@@ -218,14 +238,16 @@ class _StackHead(ClassifierMixin, BaseEstimator):
             if set_priors is not None:
                 module.p0[:] = torch.from_numpy(set_priors)[:, None]
             module.w.copy_(module.p0)
+        module.to(device)
+        gen = torch.Generator(device).manual_seed(int(seeds[0]) * 7919 + S)  # dropout and minibatch order
         epochs = self.max_epochs if use_val else self.epochs_without_validation
-        best_epoch = train_stack(module, x, y, torch.from_numpy(w_train), torch.from_numpy(w_val) if use_val else None,
-                                 self._config(epochs), gen)
+        w_train_t, w_val_t = torch.from_numpy(w_train).to(device), torch.from_numpy(w_val).to(device)
+        best_epoch = train_stack(module, x, y, w_train_t, w_val_t if use_val else None, self._config(epochs), gen)
         losses = np.zeros((S, M), np.float32)
         if folds is not None:
             with torch.no_grad():
-                losses = validation_loss(module, x, y, torch.from_numpy(w_val), self._config(epochs).batch_rows).numpy()
-        params = {k: v.detach().numpy() for k, v in module.state_dict().items()}
+                losses = validation_loss(module, x, y, w_val_t, self._config(epochs).batch_rows).cpu().numpy()
+        params = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
         return [{**{k: v[s:s + 1].copy() for k, v in params.items()},
                  "mean": mean[s], "std": std[s], "best_epoch": best_epoch[s].astype(np.int64)}
                 for s in range(S)], losses

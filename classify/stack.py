@@ -115,21 +115,24 @@ def train_stack(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, w_tra
     """Adam on all heads at once; keeps each head's parameters from its best validation epoch.
 
     x: (S, n, L, H) normalised features; y: (S, n) class indices; w_train, w_val: (S, M, n) row weights
-    (0 for padding and for the other split). Without w_val every head trains for max_epochs.
+    (0 for padding and for the other split). Without w_val every head trains for max_epochs. Everything,
+    the module and `generator` included, lives on x's device.
     Returns (S, M) the epoch each head's kept parameters come from.
     """
     S, n = y.shape
     M = w_train.shape[1]
     params = list(module.parameters())
     opt = torch.optim.Adam(params, lr=config.lr)
-    best = torch.full((S, M), float("inf"))
-    best_epoch = torch.full((S, M), config.max_epochs - 1)
-    since = torch.zeros(S, M, dtype=torch.long)
+    device = x.device
+    best = torch.full((S, M), float("inf"), device=device)
+    best_epoch = torch.full((S, M), config.max_epochs - 1, device=device)
+    since = torch.zeros(S, M, dtype=torch.long, device=device)
     snapshot = [p.detach().clone() for p in params]
     # scikit-learn's C: 0.5·|W|²/C + Σ CE  ==  mean CE + |W|²/(2·C·n) per head, n its training weight
     l2 = 1.0 / (2.0 * config.C * w_train.sum(-1).clamp(min=1.0))  # (S, M)
     for epoch in range(config.max_epochs):
-        order = torch.randperm(n, generator=generator) if n > config.batch_rows else torch.arange(n)
+        order = torch.randperm(n, generator=generator, device=device) if n > config.batch_rows else \
+            torch.arange(n, device=device)
         for start in range(0, n, config.batch_rows):
             rows = order[start:start + config.batch_rows]
             xb, yb, wb = x[:, rows], y[:, rows], w_train[:, :, rows]
@@ -144,7 +147,7 @@ def train_stack(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, w_tra
             val = validation_loss(module, x, y, w_val, config.batch_rows)  # (S, M)
             better = val < best - 1e-5
             best = torch.where(better, val, best)
-            best_epoch = torch.where(better, torch.tensor(epoch), best_epoch)
+            best_epoch = torch.where(better, epoch, best_epoch)
             since = torch.where(better, torch.zeros_like(since), since + 1)
             if better.any():
                 for p, s in zip(params, snapshot):
@@ -155,13 +158,13 @@ def train_stack(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, w_tra
         with torch.no_grad():
             for p, s in zip(params, snapshot):
                 p.copy_(s)
-    return best_epoch.numpy()
+    return best_epoch.cpu().numpy()
 
 
 def validation_loss(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
                     batch_rows: int) -> torch.Tensor:
     """(S, M) weighted mean cross-entropy without dropout."""
-    total = torch.zeros(w.shape[:2])
+    total = torch.zeros(w.shape[:2], device=w.device)
     for start in range(0, y.shape[1], batch_rows):
         sl = slice(start, start + batch_rows)
         total += (_ce(module(x[:, sl]), y[:, sl]) * w[:, :, sl]).sum(-1)

@@ -32,21 +32,23 @@ def partial_dir(output: Path) -> Path:
 # --- shards (the resumable part) ------------------------------------------------------------------------
 
 class ShardStore:
-    """Completed blocks of a run in progress, one .npz each, tied to the run's fingerprints."""
+    """Completed blocks of a run in progress, one .npz each, tied to the run's fingerprints and block size
+    (the manifest): a run with another corpus, other settings or another block size starts over."""
 
-    def __init__(self, output: Path, fingerprints: dict[str, Any]) -> None:
+    def __init__(self, output: Path, fingerprints: dict[str, Any], block_docs: int) -> None:
         self.dir = partial_dir(output)
+        expected = {**fingerprints, "block_docs": block_docs}
         manifest = self.dir / "manifest.json"
         if self.dir.exists():
             try:
                 current = json.loads(manifest.read_text())
             except (OSError, ValueError):
                 current = None
-            if current != fingerprints:  # another corpus or other settings: those blocks are useless
+            if current != expected:  # their rows or arrays are not this run's: useless
                 shutil.rmtree(self.dir)
         if not self.dir.exists():
             self.dir.mkdir(parents=True)
-            _atomic_write_text(manifest, json.dumps(fingerprints, indent=1, sort_keys=True))
+            _atomic_write_text(manifest, json.dumps(expected, indent=1, sort_keys=True))
 
     def path(self, block: int) -> Path:
         return self.dir / f"block-{block:06d}.npz"

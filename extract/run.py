@@ -40,7 +40,7 @@ class ExtractSettings:
     tokens: bool = False  # also keep token-level states (ragged)
     token_layers: tuple[int, ...] | None = None  # hidden states kept at token level; None: all
     batch_tokens: int | None = None  # padded tokens per forward pass; None: 4096 on CPU, 16384 on a GPU
-    block_docs: int | None = None  # documents per resumable block; None: 2048 (128 with tokens)
+    block_docs: int | None = None  # documents per resumable block; None: 4096 (128 with tokens)
 
     def __post_init__(self) -> None:
         bad = [p for p in self.poolings if p not in POOLINGS]
@@ -64,7 +64,9 @@ class ExtractSettings:
 
     @property
     def docs_per_block(self) -> int:
-        return self.block_docs or (128 if self.tokens else 2048)
+        # documents are length-sorted within a block: on all of TREC-6 + BBC News, blocks of 2,048 padded 2.3%
+        # more tokens than one sort of the whole corpus, blocks of 4,096 0.5%
+        return self.block_docs or (128 if self.tokens else 4096)
 
 
 @dataclass(frozen=True)
@@ -276,8 +278,8 @@ def extract_corpus(
     if output.parent and not output.parent.exists():
         output.parent.mkdir(parents=True)
 
-    shards = ShardStore(output, fingerprints)
     block_size = settings.docs_per_block
+    shards = ShardStore(output, fingerprints, block_size)
     n_blocks = -(-summary.n_docs // block_size)
     resumed = any(shards.done(b) for b in range(n_blocks))
     torch_device = resolve_device(settings.device)

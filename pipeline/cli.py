@@ -8,6 +8,9 @@ from typing import Callable, Sequence
 from extract import CacheFormatError, CacheMismatchError, InputError, POOLINGS
 from pipeline.sweep import HEADS
 
+HEAD_DEVICE_HELP = ("where scalar-mix and layer-attention train: cpu (default), cuda, cuda:N, mps or auto; "
+                    "a GPU gives the same heads up to rounding")
+
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -103,7 +106,8 @@ def _sweep(args: argparse.Namespace) -> int:
             raise InputError("sweep: give --train CACHE and --output DIR (or --config FILE.toml).")
         config = SweepConfig(train=args.train, test=args.test, output=args.output, heads=args.heads,
                              budgets=args.budgets, budget_mode=args.budget_mode, seeds=args.seeds,
-                             pooling=args.pooling, layers=args.layers, test_fraction=args.test_fraction)
+                             pooling=args.pooling, layers=args.layers, test_fraction=args.test_fraction,
+                             device=args.device)
     out = run_sweep(config, progress=not args.quiet)
     print(summary_table(summarize(_read_cells(out / "cells.jsonl"))))
     print("\n".join(f"wrote {p}" for p in sorted(out.glob("*")) if p.suffix in (".csv", ".json", ".md", ".png", ".toml")))
@@ -114,7 +118,7 @@ def _train(args: argparse.Namespace) -> int:
     from pipeline.workflows import train_head
 
     path = train_head(args.train, args.head, args.output, budget=args.budget, seed=args.seed,
-                      pooling=args.pooling, layers=args.layers)
+                      pooling=args.pooling, layers=args.layers, device=args.device)
     print(f"saved {args.head} to {path}")
     return 0
 
@@ -291,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token-layers", type=_int_list, default=None,
                    help="hidden states to keep at token level, e.g. 0,3,6 (default: all)")
     p.add_argument("--block-docs", type=int, default=None,
-                   help="documents per resumable block (default 2048, 128 with --tokens)")
+                   help="documents per resumable block (default 4096, 128 with --tokens)")
     p.add_argument("--split", default=None, help="split of a registered dataset (data/registry.json), e.g. train")
     p.add_argument("--force", action="store_true", help="rebuild a cache made from another corpus or settings")
     p.add_argument("--info", action="store_true", help="print what the cache holds when done")
@@ -312,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=_int_list, default=None, help="hidden states to use (default: all)")
     p.add_argument("--output", "-o", help="results folder")
     p.add_argument("--config", help="rerun a sweep from its config.toml")
+    p.add_argument("--device", default="cpu", help=HEAD_DEVICE_HELP)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(handler=_sweep)
 
@@ -323,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pooling", default="mean")
     p.add_argument("--layers", type=_int_list, default=None)
+    p.add_argument("--device", default="cpu", help=HEAD_DEVICE_HELP)
     p.set_defaults(handler=_train)
 
     p = sub.add_parser("evaluate", help="score a saved head on a cache or corpus: metrics and a confusion matrix")

@@ -1,7 +1,7 @@
-"""Registered benchmark names (data/registry.json) resolved to local files, checked by sha256."""
+"""Registered benchmark names (data/registry.json) resolved to local files, checked by sha256, downloaded once
+(pipeline/download.py) when no local copy exists and the machine has network."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from functools import lru_cache
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from extract import InputError
+from pipeline.download import fetch, sha256_of
 
 REGISTRY = Path(__file__).resolve().parents[1] / "data" / "registry.json"
 
@@ -18,22 +19,28 @@ def registry() -> dict[str, Any]:
     return {k: v for k, v in json.loads(REGISTRY.read_text()).items() if not k.startswith("_")}
 
 
+def data_dir() -> Path:
+    """Where downloads go: $FINETEXT_DATA, else $XDG_CACHE_HOME/finetext/data (~/.cache/finetext/data)."""
+    if os.environ.get("FINETEXT_DATA"):
+        return Path(os.environ["FINETEXT_DATA"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "finetext" / "data"
+
+
 def mirrors() -> list[Path]:
-    """Where registered datasets are looked for: $FINETEXT_DATA, then ../shared/data beside the checkout."""
+    """Where registered datasets are looked for: $FINETEXT_DATA, ../shared/data beside the checkout, the
+    download folder."""
     found = [Path(os.environ["FINETEXT_DATA"])] if os.environ.get("FINETEXT_DATA") else []
-    return found + [REGISTRY.parents[2] / "shared" / "data"]
+    return list(dict.fromkeys(found + [REGISTRY.parents[2] / "shared" / "data", data_dir()]))
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+def offline() -> bool:
+    """FINETEXT_OFFLINE=1 (or Hugging Face's HF_HUB_OFFLINE=1) forbids downloads."""
+    return any(os.environ.get(k, "") not in ("", "0") for k in ("FINETEXT_OFFLINE", "HF_HUB_OFFLINE"))
 
 
-def resolve(name: str, split: str | None) -> tuple[str, dict[str, Any]]:
-    """(input path or builtin name, reading options) for a registered dataset and split."""
+def resolve(name: str, split: str | None, progress: bool = True) -> tuple[str, dict[str, Any]]:
+    """(input path or builtin name, reading options) for a registered dataset and split: a local copy, checked
+    by sha256 when the registry records one, else a download (once) into data_dir()."""
     entry = registry()[name]
     if entry.get("builtin"):
         return name, {}
@@ -47,12 +54,21 @@ def resolve(name: str, split: str | None) -> tuple[str, dict[str, Any]]:
         path = root / name / info["file"]
         tried.append(str(path))
         if path.exists():
-            if info.get("sha256") and _sha256(path) != info["sha256"]:
+            if info.get("sha256") and sha256_of(path) != info["sha256"]:
                 raise InputError(f"{path}: sha256 differs from the registry's {info['sha256']}; the file is not "
                                  f"the published {name} {split} split. Replace it with the original.")
             return str(path), options
+    why = "no source is registered for it"
+    if info.get("source"):
+        if offline():
+            why = "downloads are off (FINETEXT_OFFLINE / HF_HUB_OFFLINE)"
+        else:
+            try:
+                return str(fetch(name, split, entry, data_dir(), progress)), options
+            except OSError as err:  # no network, a refused connection, a full disk
+                why = f"downloading {info['source']['url']} failed ({err})"
     raise InputError(
-        f"{name} ({split}) is not on this machine and finetext does not download datasets. Put "
-        f"{info['file']} (sha256 {info.get('sha256') or 'not recorded'}) from {entry['published']} into "
-        f"$FINETEXT_DATA/{name}/ (tried: {', '.join(tried)})."
+        f"{name} ({split}) is not on this machine and {why}. Put {info['file']} (sha256 "
+        f"{info.get('sha256') or 'not recorded'}) from {entry['published']} into $FINETEXT_DATA/{name}/ "
+        f"(tried: {', '.join(tried)})."
     )

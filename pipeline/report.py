@@ -13,7 +13,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from joblib import Parallel, delayed  # noqa: E402
 from scipy import stats  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
 
 from classify import LastLayerLogReg, sample_budget  # noqa: E402
 
@@ -124,11 +126,18 @@ def _plot_layer_weights(path: Path, cells: list[dict[str, Any]], head: str) -> b
     return True
 
 
-def layer_probes(data, budgets: list[str], seeds: int, budget_mode: str) -> dict[str, list[float]]:
-    """Accuracy of logistic regression on each single layer, per budget (mean over up to 3 seeds)."""
-    out = {}
+def _probe_accuracy(data, rows: np.ndarray, layer: int) -> float:
+    return LastLayerLogReg(layer=layer).fit(data.X[rows], data.y[rows]).score(data.Xt, data.yt)
+
+
+def layer_probes(data, budgets: list[str], seeds: int, budget_mode: str, n_jobs: int = -1) -> dict[str, list[float]]:
+    """Accuracy of logistic regression on each single layer, per budget (mean over up to 3 seeds).
+
+    The fits run side by side on `n_jobs` threads (-1: every core), each with one BLAS thread: lbfgs spends
+    its time in numpy calls that release the GIL (measured in bench/blas_threads.py).
+    """
+    fits = []  # (budget, rows, layer)
     for b in budgets:
-        accs = []
         for seed in range(min(seeds, 3) if b != "all" else 1):
             if b == "all":
                 rows = np.arange(len(data.y))
@@ -136,10 +145,15 @@ def layer_probes(data, budgets: list[str], seeds: int, budget_mode: str) -> dict
                 rows = sample_budget(data.y, total=int(b), random_state=seed)
             else:
                 rows = sample_budget(data.y, per_class=int(b), random_state=seed, fallback="all")
-            accs.append([LastLayerLogReg(layer=layer).fit(data.X[rows], data.y[rows]).score(data.Xt, data.yt)
-                         for layer in range(data.X.shape[1])])
-        out[b] = np.mean(accs, axis=0).tolist()
-    return out
+            fits += [(b, rows, layer) for layer in range(data.X.shape[1])]
+    # one BLAS thread for the whole pool: per-fit limits entered from several threads would race
+    with threadpool_limits(1, user_api="blas"):
+        accs = Parallel(n_jobs=n_jobs, prefer="threads")(delayed(_probe_accuracy)(data, r, layer)
+                                                         for _, r, layer in fits)
+    per_budget: dict[str, list[float]] = {b: [] for b in budgets}
+    for (b, _, _), acc in zip(fits, accs):
+        per_budget[b].append(acc)
+    return {b: np.reshape(a, (-1, data.X.shape[1])).mean(0).tolist() for b, a in per_budget.items()}  # (layers,)
 
 
 def _plot_probes(path: Path, probes: dict[str, list[float]]) -> None:

@@ -27,6 +27,14 @@ HEADS = {"last-layer": LastLayerLogReg, "scalar-mix": ScalarMix, "layer-attentio
 CELL_KEYS = ("head", "budget", "seed")
 
 
+def make_head(name: str, params: dict[str, Any] | None = None, device: str = "cpu") -> Any:
+    """A head by its CLI name with `params`; the vectorised heads (scalar-mix, layer-attention) train on
+    `device` unless params say otherwise. Logistic regression always runs on the CPU."""
+    cls = HEADS[name]
+    on_device = {"device": device} if "device" in cls._get_param_names() else {}
+    return cls(**{**on_device, **(params or {})})
+
+
 @dataclass
 class SweepConfig:
     """One experiment. Written back as config.toml; `finetext sweep --config config.toml` reruns it."""
@@ -43,6 +51,7 @@ class SweepConfig:
     pooling: str = "mean"
     layers: list[int] | None = None  # hidden states to use; None: all
     params: dict[str, dict[str, Any]] = field(default_factory=dict)  # head -> hyperparameters
+    device: str = "cpu"  # where scalar-mix and layer-attention train: cpu, cuda, cuda:N, mps or auto
 
     def __post_init__(self) -> None:
         bad = [h for h in self.heads if h not in HEADS]
@@ -203,7 +212,7 @@ def run_sweep(config: SweepConfig, progress: bool = True, replace_other: bool = 
         "library_versions": data.train_meta.get("library_versions", {}),
     }
     # every head's full hyperparameters, defaults included: a release that changes a default is another sweep
-    resolved = {h: HEADS[h](**config.params.get(h, {})).get_params() for h in config.heads}
+    resolved = {h: make_head(h, config.params.get(h), config.device).get_params() for h in config.heads}
     identity = hashlib.sha256(json.dumps([asdict(config) | {"output": None}, provenance["train_cache"],
                                           provenance["test_cache"], resolved], sort_keys=True,
                                          default=str).encode()).hexdigest()
@@ -228,7 +237,7 @@ def run_sweep(config: SweepConfig, progress: bool = True, replace_other: bool = 
         for head_name, budget in todo:
             missing = [s for s in seeds_of[budget] if (head_name, budget, s) not in done]
             rows = [_rows_for(config, data.y, budget, s) for s in missing]
-            head = HEADS[head_name](**config.params.get(head_name, {}))
+            head = make_head(head_name, config.params.get(head_name), config.device)
             start = time.perf_counter()
             fitted = fit_many(head, data.X, data.y, rows, missing)
             per_fit = (time.perf_counter() - start) / len(fitted)  # the batch's time, shared evenly

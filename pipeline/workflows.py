@@ -12,7 +12,7 @@ import numpy as np
 
 from classify import check_feature_source, load_head
 from extract import CorpusSpec, InputError, extract_corpus, iter_records, open_cache, scan
-from pipeline.sweep import HEADS, SweepConfig, budget_rows, run_sweep
+from pipeline.sweep import HEADS, SweepConfig, budget_rows, make_head, run_sweep
 
 
 def feature_info(meta: dict[str, Any], pooling: str, layers: Sequence[int] | None) -> dict[str, Any]:
@@ -25,8 +25,9 @@ def feature_info(meta: dict[str, Any], pooling: str, layers: Sequence[int] | Non
 
 def train_head(train: str, head: str, output: str, *, budget: int | None = None, seed: int = 0,
                pooling: str = "mean", layers: Sequence[int] | None = None,
-               params: dict[str, Any] | None = None) -> Path:
-    """Fit one head on a cache (or a per-class budget of it) and save it to `output`."""
+               params: dict[str, Any] | None = None, device: str = "cpu") -> Path:
+    """Fit one head on a cache (or a per-class budget of it) and save it to `output`; the vectorised heads
+    train on `device`."""
     if head not in HEADS:
         raise InputError(f"head: expected one of {', '.join(HEADS)}, got {head!r}.")
     with open_cache(train) as cache:
@@ -34,7 +35,7 @@ def train_head(train: str, head: str, output: str, *, budget: int | None = None,
         y = cache.label_strings()
         meta = cache.meta
     rows = budget_rows(y, budget, seed, train)
-    model = HEADS[head](**{**(params or {}), "random_state": seed}).fit(X[rows], y[rows])
+    model = make_head(head, {**(params or {}), "random_state": seed}, device).fit(X[rows], y[rows])
     info = feature_info(meta, pooling, layers)
     info["train_rows"] = len(rows)
     model.save(output, info)

@@ -106,6 +106,28 @@ def test_bad_input_names_the_problem_and_fix():
         LastLayerLogReg(layer=9).fit(X, y)
 
 
+def test_device_is_checked_and_auto_is_the_cpu_without_a_gpu():
+    X, y = toy()
+    with pytest.raises(ValueError, match="device must be 'cpu', 'cuda'"):
+        LayerAttention(device="gpu0").fit(X, y)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="torch sees no CUDA GPU"):
+            LayerAttention(device="cuda").fit(X, y)
+        auto = LayerAttention(device="auto", random_state=3).fit(X, y).predict_proba(X)
+        assert np.array_equal(auto, LayerAttention(random_state=3).fit(X, y).predict_proba(X))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("Head", [ScalarMix, LayerAttention])
+def test_a_gpu_trains_the_same_heads_up_to_rounding(Head):
+    X, y = toy(n=600)
+    cpu = Head(random_state=0).fit(X, y)
+    gpu = Head(random_state=0, device="cuda").fit(X, y)
+    np.testing.assert_allclose(gpu.layer_weights_, cpu.layer_weights_, atol=0.02)
+    assert (gpu.predict(X) == cpu.predict(X)).mean() > 0.97
+    assert Head(random_state=0, dropout=0.2, device="cuda").fit(X, y).score(*toy(seed=1)) > 0.85  # masks on the GPU
+
+
 def test_unseen_labels_at_score_are_refused():
     X, y = toy()
     head = LastLayerLogReg().fit(X, y)

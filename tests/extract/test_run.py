@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from extract import CacheFormatError, CacheMismatchError, InputError, extract_corpus, open_cache, verify_cache
-from extract.cache import partial_dir
+from extract.cache import ShardStore, partial_dir
 from tests.conftest import SENTENCES, write_csv
 
 
@@ -155,3 +155,18 @@ def test_sentence_pairs_use_token_type_ids(tmp_path, tiny_bert):
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
     with open_cache(out) as cache:
         assert cache.n_tokens[0] == len(tokenizer(rows[0]["q"], rows[0]["a"])["input_ids"])
+
+
+def test_blocks_left_by_a_run_with_another_block_size_are_discarded(tmp_path, small_csv, tiny_bert):
+    clean = run(small_csv, tmp_path / "clean.h5", tiny_bert, block_docs=4, storage_dtype="float32").path
+    with open_cache(clean) as c:
+        expected = c.features()
+        fingerprints = {k: c.meta[k] for k in ("corpus_fingerprint", "settings_fingerprint")}
+    out = tmp_path / "out.h5"
+    stale = ShardStore(out, fingerprints, block_docs=2)  # as a killed run with --block-docs 2 leaves it
+    for b in range(2):  # rows 0-1 and 2-3; with 4 per block, block 0 is rows 0-3 and block 1 rows 4-7
+        stale.save(b, {"pool_mean": np.zeros((2, *expected.shape[1:]), np.float32),
+                       "n_tokens": np.zeros(2, np.int32), "truncated": np.zeros(2, bool)})
+    run(small_csv, out, tiny_bert, block_docs=4, storage_dtype="float32")
+    with open_cache(out) as c:
+        np.testing.assert_array_equal(c.features(), expected)

@@ -60,6 +60,7 @@ def test_registered_names_resolve_to_the_verified_mirror(tmp_path, monkeypatch):
 
     assert {"imdb", "yelp_polarity", "yelp_full", "ag_news", "dbpedia14", "trec", "sst2", "banking77", "bbc"} <= set(registry())
     monkeypatch.setenv("FINETEXT_DATA", str(tmp_path))
+    monkeypatch.setenv("FINETEXT_OFFLINE", "1")
     (tmp_path / "trec").mkdir()
     (tmp_path / "trec" / "train.csv").write_text("text,label\nWhat ?,DESC\n")
     with pytest.raises(Exception, match="sha256 differs"):

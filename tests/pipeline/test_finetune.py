@@ -16,7 +16,9 @@ from tests.conftest import write_csv
 
 WORDS = {"sport": ["goal", "match", "cup", "striker", "league"], "money": ["shares", "profit", "bank", "market", "rates"],
          "music": ["album", "song", "band", "concert", "guitar"]}
-FAST = dict(lr=2e-3, head_lr=1e-2, epochs=1, min_steps=40, batch_size=8, warmup=0.0, dropout=0.0, max_length=32)
+# the CPU is the reference device of the tests, also on a machine with a GPU (bf16 autocast there)
+FAST = dict(device="cpu", lr=2e-3, head_lr=1e-2, epochs=1, min_steps=40, batch_size=8, warmup=0.0, dropout=0.0,
+            max_length=32)
 
 
 def _records(n_per_class: int, seed: int, classes=("sport", "money", "music")) -> list[Record]:

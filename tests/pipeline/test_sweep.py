@@ -11,6 +11,7 @@ import time
 
 import matplotlib.pyplot as plt
 import pytest
+from threadpoolctl import threadpool_info
 
 from extract import InputError, extract_corpus
 from pipeline.cli import main
@@ -32,7 +33,9 @@ def small_config(cache, output, heads=("last-layer", "scalar-mix", "layer-attent
 
 
 def test_sweep_writes_tables_plots_and_config(tmp_path, bbc_cache, capsys):
+    blas_threads = [pool["num_threads"] for pool in threadpool_info()]
     out = run_sweep(small_config(bbc_cache, tmp_path / "s"), progress=False)
+    assert [pool["num_threads"] for pool in threadpool_info()] == blas_threads  # the parallel probes restore BLAS
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 3 * 2 * 2
@@ -102,7 +105,8 @@ def test_killed_sweep_resumes_without_duplicate_rows(tmp_path, bbc_cache):
 def test_train_evaluate_predict(tmp_path, bbc_cache, bbc_slice, capsys):
     head = tmp_path / "head"
     assert main(["train", "--train", str(bbc_cache), "--head", "layer-attention", "--output", str(head),
-                 "--budget", "3"]) == 0
+                 "--budget", "3", "--device", "auto"]) == 0  # a GPU when the machine has one
+    assert json.loads((head / "config.json").read_text())["params"]["device"] == "auto"
     assert main(["evaluate", "--head", str(head), "--cache", str(bbc_cache)]) == 0
     out = capsys.readouterr().out
     assert "accuracy" in out and (head / "confusion_matrix.png").exists()
