@@ -100,11 +100,14 @@ def _zhang_csv(path: Path, member: str | None, label_names: list[str] | None) ->
 
 def _aclimdb(path: Path, member: str | None, label_names: list[str] | None) -> Iterator[tuple[str, str]]:
     """Maas et al. (2011)'s archive: one review per .txt file under MEMBER/pos and MEMBER/neg (in name order)."""
+    reviews = []  # read in archive order: a gzip stream cannot seek back cheaply
     with tarfile.open(path) as tar:
-        names = sorted(m.name for m in tar.getmembers() if m.isfile() and m.name.endswith(".txt")
-                       and m.name.rsplit("/", 2)[0] == member and m.name.rsplit("/", 2)[1] in ("neg", "pos"))
-        for name in names:
-            yield tar.extractfile(name).read().decode("utf-8").strip(), name.rsplit("/", 2)[1]
+        for m in tar:
+            folder, label, _ = (m.name.rsplit("/", 2) + ["", ""])[:3]
+            if m.isfile() and m.name.endswith(".txt") and folder == member and label in ("neg", "pos"):
+                reviews.append((m.name, tar.extractfile(m).read().decode("utf-8").strip(), label))
+    for _, text, label in sorted(reviews):
+        yield text, label
 
 
 FORMATS: dict[str, Callable[[Path, str | None, list[str] | None], Iterator[tuple[str, str]]]] = {
