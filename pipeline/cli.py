@@ -85,6 +85,19 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _datasets(args: argparse.Namespace) -> int:
+    from pipeline.registry import data_dir, describe, registry, resolve
+
+    for name in args.fetch:
+        if name not in registry():
+            raise InputError(f"{name}: not a registered dataset; `finetext datasets` lists them.")
+        for split in registry()[name]["splits"]:
+            print(f"{name} {split}: {resolve(name, split)[0]}")
+    print("\n".join(describe()))
+    print(f"downloads go to {data_dir()} (set FINETEXT_DATA to change it; FINETEXT_OFFLINE=1 turns them off)")
+    return 0
+
+
 def _verify(args: argparse.Namespace) -> int:
     from extract import verify_cache
 
@@ -402,6 +415,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="say what a cache holds")
     p.add_argument("cache")
     p.set_defaults(handler=_info)
+
+    p = sub.add_parser("datasets", help="the registered benchmarks: splits, rows, where each is or comes from")
+    p.add_argument("--fetch", nargs="+", default=[], metavar="NAME",
+                   help="download these now (every split), checking sha256")
+    p.set_defaults(handler=_datasets)
 
     p = sub.add_parser("verify", help="read every chunk of a cache and check its metadata")
     p.add_argument("cache")

@@ -32,6 +32,11 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
+def download_name(url: str) -> str:
+    """The file name a download is kept under in DATA/<name>/downloads/."""
+    return url.rsplit("/", 1)[-1]
+
+
 def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
@@ -138,7 +143,7 @@ def fetch(name: str, split: str, entry: dict[str, Any], root: Path, progress: bo
     source = info["source"]
     folder = root / name
     dest = folder / info["file"]
-    raw = download(source["url"], folder / "downloads" / source["url"].rsplit("/", 1)[-1], source["sha256"],
+    raw = download(source["url"], folder / "downloads" / download_name(source["url"]), source["sha256"],
                    source.get("bytes"), progress)
     fmt = source.get("format", "copy")
     if fmt == "copy":
@@ -159,4 +164,4 @@ def fetch(name: str, split: str, entry: dict[str, Any], root: Path, progress: bo
     return dest
 
 
-__all__ = ["FORMATS", "download", "fetch", "sha256_of"]
+__all__ = ["FORMATS", "download", "download_name", "fetch", "sha256_of"]

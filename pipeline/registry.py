@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from extract import InputError
-from pipeline.download import fetch, sha256_of
+from pipeline.download import download_name, fetch, sha256_of
 
 REGISTRY = Path(__file__).resolve().parents[1] / "data" / "registry.json"
 
@@ -58,17 +58,42 @@ def resolve(name: str, split: str | None, progress: bool = True) -> tuple[str, d
                 raise InputError(f"{path}: sha256 differs from the registry's {info['sha256']}; the file is not "
                                  f"the published {name} {split} split. Replace it with the original.")
             return str(path), options
-    why = "no source is registered for it"
-    if info.get("source"):
-        if offline():
-            why = "downloads are off (FINETEXT_OFFLINE / HF_HUB_OFFLINE)"
-        else:
-            try:
-                return str(fetch(name, split, entry, data_dir(), progress)), options
-            except OSError as err:  # no network, a refused connection, a full disk
-                why = f"downloading {info['source']['url']} failed ({err})"
+    source = info.get("source")
+    if source is None:
+        raise InputError(f"{name} ({split}) is not on this machine and no source is registered for it. Put "
+                         f"{info['file']} from {entry['published']} into $FINETEXT_DATA/{name}/ (tried: "
+                         f"{', '.join(tried)}).")
+    raw = data_dir() / name / "downloads" / download_name(source["url"])
+    if offline() and not raw.exists():
+        why = "downloads are off (FINETEXT_OFFLINE / HF_HUB_OFFLINE)"
+    else:
+        try:  # a published file already in downloads/ is checked and converted without the network
+            return str(fetch(name, split, entry, data_dir(), progress)), options
+        except OSError as err:  # no network, a refused connection, a full disk
+            why = f"downloading {source['url']} failed ({err})"
     raise InputError(
-        f"{name} ({split}) is not on this machine and {why}. Put {info['file']} (sha256 "
-        f"{info.get('sha256') or 'not recorded'}) from {entry['published']} into $FINETEXT_DATA/{name}/ "
-        f"(tried: {', '.join(tried)})."
+        f"{name} ({split}) is not on this machine and {why}. Put the published file {source['url']} (sha256 "
+        f"{source['sha256']}) at {raw} and finetext checks and converts it, or a converted {info['file']} "
+        f"(columns text,label; sha256 {info.get('sha256') or 'not recorded'}) into $FINETEXT_DATA/{name}/ (tried: "
+        f"{', '.join(tried)})."
     )
+
+
+def locate(name: str, split: str) -> Path | None:
+    """The local copy of a registered split, if one exists (unchecked); None otherwise."""
+    file = registry()[name]["splits"][split].get("file")
+    return next((root / name / file for root in mirrors() if file and (root / name / file).exists()), None)
+
+
+def describe() -> list[str]:
+    """One line per registered split: rows, and where it is, or where it would come from."""
+    lines = []
+    for name, entry in registry().items():
+        if entry.get("builtin"):
+            lines.append(f"{name:<14} {'all':<6} {entry['splits']['all']['rows']:>8,} rows  built in")
+            continue
+        for split, info in entry["splits"].items():
+            path = locate(name, split)
+            where = str(path) if path else f"downloads from {info['source']['url']}" if info.get("source") else "missing"
+            lines.append(f"{name:<14} {split:<6} {info['rows']:>8,} rows  {where}")
+    return lines

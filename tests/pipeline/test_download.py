@@ -77,11 +77,17 @@ def test_a_download_with_another_sha256_is_refused_and_nothing_is_kept(tmp_path,
     assert not (folder / "test.csv").exists() and not [p for p in folder.rglob("*") if p.is_file()]
 
 
-def test_offline_says_what_to_put_where(tmp_path, local_registry, monkeypatch):
-    local_registry({"ag_news": reg.registry()["ag_news"]})
+def test_offline_says_what_to_put_where_and_following_it_works(tmp_path, local_registry, monkeypatch):
+    local_registry({"trec": reg.registry()["trec"]})
     monkeypatch.setenv("FINETEXT_OFFLINE", "1")
-    with pytest.raises(InputError, match=r"downloads are off .* Put train.csv .* into \$FINETEXT_DATA/ag_news/"):
-        reg.resolve("ag_news", "train", progress=False)
+    raw = tmp_path / "data" / "trec" / "downloads" / "TREC.test"
+    with pytest.raises(InputError, match=rf"downloads are off .* Put the published file https://\S+/TREC.test "
+                                         rf"\(sha256 033f22c0\w+\) at {raw} .* into \$FINETEXT_DATA/trec/"):
+        reg.resolve("trec", "test", progress=False)
+    raw.parent.mkdir(parents=True)
+    raw.write_bytes((shared_data("trec") / "original" / "TREC_10.label").read_bytes())
+    path, _ = reg.resolve("trec", "test", progress=False)  # checked and converted, no network
+    assert sha256_of(Path(path)) == reg.registry()["trec"]["splits"]["test"]["sha256"]
 
 
 def _tgz(path: Path, files: dict[str, str]) -> tuple[str, int]:
@@ -135,3 +141,17 @@ def test_every_registered_source_is_complete():
                 continue
             assert len(source["sha256"]) == 64 and source["bytes"] > 0 and source["url"].startswith("https://")
             assert source["format"] in ("copy", "trec", "stsa", "zhang-csv", "aclimdb")
+
+
+def test_the_datasets_command_lists_every_split_and_fetches_by_name(tmp_path, monkeypatch, capsys):
+    from pipeline.cli import main
+
+    monkeypatch.setenv("FINETEXT_DATA", str(tmp_path))
+    monkeypatch.setenv("FINETEXT_OFFLINE", "1")
+    assert main(["datasets"]) == 0
+    out = capsys.readouterr().out
+    assert "bbc            all       2,225 rows  built in" in out
+    assert "imdb           test     25,000 rows  downloads from https://ai.stanford.edu/" in out
+    assert f"downloads go to {tmp_path}" in out
+    assert main(["datasets", "--fetch", "imbd"]) == 2
+    assert "imbd: not a registered dataset" in capsys.readouterr().err
