@@ -46,5 +46,6 @@ def main() -> None:
             print(f"{args.dataset} {label:<26} one thread per fit, joblib threads over {effective_n_jobs(-1)} cores "
                   f"{pooled:6.2f} s   x {one / pooled:.1f} over one thread in sequence")
 
+
 if __name__ == "__main__":
     main()

@@ -5,7 +5,7 @@ per compute dtype the largest absolute difference of the stored mean-pooled feat
 between a document's CPU and device vector (any layer), and whether a last-layer probe fitted on the CPU
 features predicts the same labels on the device's.
 
-    python bench/device_parity.py [--device cuda] [--n 500]
+    python bench/device_parity.py [--device cuda] [--dtypes fp32,bf16,fp16]
 """
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ def make_head(name: str, params: dict[str, Any] | None = None, device: str = "cp
     """A head by its CLI name with `params`; the vectorised heads (scalar-mix, layer-attention) train on
     `device` unless params say otherwise. Logistic regression always runs on the CPU."""
     cls = HEADS[name]
-    on_device = {"device": device} if "device" in cls._get_param_names() else {}
+    on_device = {"device": device} if "device" in cls().get_params() else {}
     return cls(**{**on_device, **(params or {})})
 
 
