@@ -367,9 +367,10 @@ class ScalarMix(_StackHead):
 class LayerAttention(_StackHead):
     """The FineText selector: per-document attention over layers, computed from the layers' own vectors.
 
-    X: (n_docs, n_layers, hidden). For document d, s_l = x_l·u_l/√H + p_l, α = softmax_l(s), and the
-    classifier sees Σ_l α_l x_l. It starts from the layer prior (u = 0, p = the prior) and learns which layers
-    matter, per document. `layer_weights(X)` gives (n_docs, n_layers); `layer_weights_` their mean on the training rows.
+    X: (n_docs, n_layers, hidden). For document d, s_l = x_l·u_l/√H + p_l, α = softmax_l(s), and the logits
+    are Σ_l α_l (x_l W_l) + b: attention mixes per-layer linear classifiers (one classifier on the mixed vector
+    Σ_l α_l x_l measured 1.2–3.4 points lower on TREC-6 at 4–64 labels per class, and no better on BBC News).
+    It starts from the layer prior (u = 0, p = the prior) and learns which layers matter, per document. `layer_weights(X)` gives (n_docs, n_layers); `layer_weights_` their mean on the training rows.
     """
 
     _stack = LayerAttentionStack
