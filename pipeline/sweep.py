@@ -212,8 +212,11 @@ def run_sweep(config: SweepConfig, progress: bool = True, replace_other: bool = 
         "library_versions": data.train_meta.get("library_versions", {}),
     }
     # every head's full hyperparameters, defaults included: a release that changes a default is another sweep
-    resolved = {h: make_head(h, config.params.get(h), config.device).get_params() for h in config.heads}
-    identity = hashlib.sha256(json.dumps([asdict(config) | {"output": None}, provenance["train_cache"],
+    # where heads train is not what they compute (a GPU gives the same heads up to rounding): a sweep started on
+    # one device resumes on another
+    resolved = {h: {k: v for k, v in make_head(h, config.params.get(h)).get_params().items() if k != "device"}
+                for h in config.heads}
+    identity = hashlib.sha256(json.dumps([asdict(config) | {"output": None, "device": None}, provenance["train_cache"],
                                           provenance["test_cache"], resolved], sort_keys=True,
                                          default=str).encode()).hexdigest()
     cells_path = out / "cells.jsonl"
