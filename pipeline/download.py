@@ -108,9 +108,9 @@ def _aclimdb(path: Path, member: str | None, label_names: list[str] | None) -> I
     reviews = []  # read in archive order: a gzip stream cannot seek back cheaply
     with tarfile.open(path) as tar:
         for m in tar:
-            folder, label, _ = (m.name.rsplit("/", 2) + ["", ""])[:3]
-            if m.isfile() and m.name.endswith(".txt") and folder == member and label in ("neg", "pos"):
-                reviews.append((m.name, tar.extractfile(m).read().decode("utf-8").strip(), label))
+            parts = m.name.rsplit("/", 2)  # MEMBER, label, file
+            if m.isfile() and m.name.endswith(".txt") and parts[:-1] in ([member, "neg"], [member, "pos"]):
+                reviews.append((m.name, tar.extractfile(m).read().decode("utf-8").strip(), parts[1]))
     for _, text, label in sorted(reviews):
         yield text, label
 
