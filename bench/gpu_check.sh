@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every check that needs a GPU, in one bounded run (under 10 minutes on one H100/H200):
 #   env → CLI smoke (finetune on cuda, predict, evaluate) → CPU/GPU feature parity → heads trained on the GPU,
-#   batched and one at a time → extraction speed (all of TREC-6 + BBC News, then the bench's default corpus)
+#   batched and one at a time → extraction speed (all of TREC-6 + BBC News, then the bench's default corpus,
+#   then where a cold `extract` spends its time)
 #   → fine-tuning and multi-task benchmark → the test suite with a GPU visible (its GPU tests run).
 # Needs finetext's dependencies with the demo extra importable and ../shared/data beside the checkout.
 # The full log is gpu-check.log in $OUT (the device tool's folder) or runs/gpu-check/.
@@ -37,5 +38,6 @@ step parity 60 $PY bench/device_parity.py --device $DEV
 step heads-speed 180 $PY bench/heads_speed.py --device $DEV
 step extract-speed-all 150 $PY bench/extract_speed.py --device $DEV --trec 5452 --bbc 2225
 step extract-speed 120 $PY bench/extract_speed.py --device $DEV
+step extract-phases 60 bash -c "cd bench && $PY extract_phases.py --device $DEV"
 step finetune-bench 300 bash -c "$PY bench/finetune_trec.py && cp runs/bench/finetune/report/summary.md $LOG/"
 step tests 150 $PY -m pytest -q -p no:cacheprovider
