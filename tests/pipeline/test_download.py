@@ -5,6 +5,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 import tarfile
 from pathlib import Path
 
@@ -82,7 +83,7 @@ def test_offline_says_what_to_put_where_and_following_it_works(tmp_path, local_r
     monkeypatch.setenv("FINETEXT_OFFLINE", "1")
     raw = tmp_path / "data" / "trec" / "downloads" / "TREC.test"
     with pytest.raises(InputError, match=rf"downloads are off .* Put the published file https://\S+/TREC.test "
-                                         rf"\(sha256 033f22c0\w+\) at {raw} .* into \$FINETEXT_DATA/trec/"):
+                                         rf"\(sha256 033f22c0\w+\) at {re.escape(str(raw))} .* into \$FINETEXT_DATA/trec/"):
         reg.resolve("trec", "test", progress=False)
     raw.parent.mkdir(parents=True)
     raw.write_bytes((shared_data("trec") / "original" / "TREC_10.label").read_bytes())
