@@ -35,6 +35,14 @@ def make_head(name: str, params: dict[str, Any] | None = None, device: str = "cp
     return cls(**{**on_device, **(params or {})})
 
 
+def check_device(device: str) -> None:
+    """Refuse a device the heads cannot train on before any work starts (InputError, exit 2 in the CLI)."""
+    try:
+        LayerAttention(device=device)._torch_device()
+    except ValueError as err:
+        raise InputError(f"--device: {err}") from None
+
+
 @dataclass
 class SweepConfig:
     """One experiment. Written back as config.toml; `finetext sweep --config config.toml` reruns it."""
@@ -67,6 +75,7 @@ class SweepConfig:
             raise InputError(f"seeds: expected a positive integer, got {self.seeds}.")
         if not 0 < self.test_fraction < 1:
             raise InputError(f"test fraction: expected a number in (0, 1), got {self.test_fraction}.")
+        check_device(self.device)
         unknown = set(self.params) - set(self.heads)
         if unknown:
             raise InputError(f"params given for heads not in the sweep: {sorted(unknown)}.")

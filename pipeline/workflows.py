@@ -12,7 +12,7 @@ import numpy as np
 
 from classify import check_feature_source, load_head
 from extract import CorpusSpec, InputError, extract_corpus, iter_records, open_cache, scan
-from pipeline.sweep import HEADS, SweepConfig, budget_rows, make_head, run_sweep
+from pipeline.sweep import HEADS, SweepConfig, budget_rows, check_device, make_head, run_sweep
 
 
 def feature_info(meta: dict[str, Any], pooling: str, layers: Sequence[int] | None) -> dict[str, Any]:
@@ -30,6 +30,7 @@ def train_head(train: str, head: str, output: str, *, budget: int | None = None,
     train on `device`."""
     if head not in HEADS:
         raise InputError(f"head: expected one of {', '.join(HEADS)}, got {head!r}.")
+    check_device(device)
     with open_cache(train) as cache:
         X = cache.features(pooling, layers=layers)
         y = cache.label_strings()

@@ -107,6 +107,9 @@ def test_train_evaluate_predict(tmp_path, bbc_cache, bbc_slice, capsys):
     assert main(["train", "--train", str(bbc_cache), "--head", "layer-attention", "--output", str(head),
                  "--budget", "3", "--device", "auto"]) == 0  # a GPU when the machine has one
     assert json.loads((head / "config.json").read_text())["params"]["device"] == "auto"
+    assert main(["train", "--train", str(bbc_cache), "--output", str(tmp_path / "h2"), "--device", "gpu"]) == 2
+    assert "--device: LayerAttention: device must be 'cpu', 'cuda'" in capsys.readouterr().err
+    assert not (tmp_path / "h2").exists()
     assert main(["evaluate", "--head", str(head), "--cache", str(bbc_cache)]) == 0
     out = capsys.readouterr().out
     assert "accuracy" in out and (head / "confusion_matrix.png").exists()
