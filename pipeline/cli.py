@@ -431,7 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (InputError, CacheMismatchError, CacheFormatError) as exc:
+    except (InputError, CacheMismatchError, CacheFormatError, FileNotFoundError) as exc:  # the user's input
         print(f"finetext: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
