@@ -228,7 +228,8 @@ class _StackHead(ClassifierMixin, BaseEstimator):
         device = self._torch_device()
         x = torch.from_numpy((X[idx] - mean[:, None]) / std[:, None]).to(device)  # (S, n_max, L, H)
         y = torch.from_numpy(codes[idx]).to(device)  # (S, n_max)
-        module = self._stack(S, M, L, H, n_classes, torch.Generator())
+        gen = torch.Generator().manual_seed(int(seeds[0]) * 7919 + S)  # module init, then dropout and minibatch order
+        module = self._stack(S, M, L, H, n_classes, gen)
         with torch.no_grad():  # each set's initial weights from its own seed: batched == one at a time
             for s, seed in enumerate(seeds):
                 own = torch.Generator().manual_seed(int(seed))
@@ -239,7 +240,8 @@ class _StackHead(ClassifierMixin, BaseEstimator):
                 module.p0[:] = torch.from_numpy(set_priors)[:, None]
             module.w.copy_(module.p0)
         module.to(device)
-        gen = torch.Generator(device).manual_seed(int(seeds[0]) * 7919 + S)  # dropout and minibatch order
+        if device.type != "cpu":  # random draws during training come from a generator on the device
+            gen = torch.Generator(device).manual_seed(int(seeds[0]) * 7919 + S)
         epochs = self.max_epochs if use_val else self.epochs_without_validation
         w_train_t, w_val_t = torch.from_numpy(w_train).to(device), torch.from_numpy(w_val).to(device)
         best_epoch = train_stack(module, x, y, w_train_t, w_val_t if use_val else None, self._config(epochs), gen)
