@@ -56,6 +56,22 @@ def probe_prior(X: np.ndarray, codes: np.ndarray, n_classes: int, strength: floa
     return (strength * (accuracy - accuracy.max()) / spread).astype(np.float32)
 
 
+def training_device(device: str, owner: str = "head") -> torch.device:
+    """Where a head's stacks train: "cpu" (the default), "cuda", "cuda:1", "mps", or "auto" (a GPU when there is
+    one). Fitted heads always predict on the CPU; a GPU gives the same heads up to float rounding."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{owner}: device must be 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto', "
+                         f"got {device!r}.") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{owner}: device {device!r} asked for, but torch sees no CUDA GPU (torch "
+                         f"{torch.__version__}); use device='cpu' or 'auto'.")
+    return resolved
+
+
 class _StackHead(ClassifierMixin, BaseEstimator):
     """Shared machinery of the vectorised heads. Subclasses set `_stack` and their defaults."""
 
@@ -101,19 +117,7 @@ class _StackHead(ClassifierMixin, BaseEstimator):
         self._torch_device()
 
     def _torch_device(self) -> torch.device:
-        """Where the stacks train: "cpu" (the default), "cuda", "cuda:1", "mps", or "auto" (a GPU when there is one).
-        Fitted heads always predict on the CPU; a GPU gives the same heads up to float rounding."""
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            device = torch.device(self.device)
-        except (RuntimeError, TypeError):
-            raise ValueError(f"{type(self).__name__}: device must be 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto', "
-                             f"got {self.device!r}.") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"{type(self).__name__}: device {self.device!r} asked for, but torch sees no CUDA GPU "
-                             f"(torch {torch.__version__}); use device='cpu' or 'auto'.")
-        return device
+        return training_device(self.device, type(self).__name__)
 
     def _check_y(self, X: np.ndarray, y: object) -> tuple[np.ndarray, np.ndarray]:
         y = np.asarray(y)
@@ -372,7 +376,8 @@ class LayerAttention(_StackHead):
     X: (n_docs, n_layers, hidden). For document d, s_l = x_l·u_l/√H + p_l, α = softmax_l(s), and the logits
     are Σ_l α_l (x_l W_l) + b: attention mixes per-layer linear classifiers (one classifier on the mixed vector
     Σ_l α_l x_l measured 1.2–3.4 points lower on TREC-6 at 4–64 labels per class, and no better on BBC News).
-    It starts from the layer prior (u = 0, p = the prior) and learns which layers matter, per document. `layer_weights(X)` gives (n_docs, n_layers); `layer_weights_` their mean on the training rows.
+    It starts from the layer prior (u = 0, p = the prior) and learns which layers matter, per document.
+    `layer_weights(X)` gives (n_docs, n_layers); `layer_weights_` their mean on the training rows.
     """
 
     _stack = LayerAttentionStack

@@ -21,6 +21,7 @@ from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
 from classify import LastLayerLogReg, LayerAttention, ScalarMix, fit_many, sample_budget
+from classify.heads import training_device
 from extract import InputError, open_cache
 
 HEADS = {"last-layer": LastLayerLogReg, "scalar-mix": ScalarMix, "layer-attention": LayerAttention}
@@ -38,7 +39,7 @@ def make_head(name: str, params: dict[str, Any] | None = None, device: str = "cp
 def check_device(device: str) -> None:
     """Refuse a device the heads cannot train on before any work starts (InputError, exit 2 in the CLI)."""
     try:
-        LayerAttention(device=device)._torch_device()
+        training_device(device, "LayerAttention")
     except ValueError as err:
         raise InputError(f"--device: {err}") from None
 
