@@ -190,6 +190,14 @@ class Tokenized:
         self.lengths = np.array([len(x) for x in self.ids])
         self.pad_id = tokenizer.pad_token_id
 
+    def subset(self, rows: Sequence[int]) -> "Tokenized":
+        """The tokens of some of these records, without tokenising them again."""
+        part = copy.copy(self)
+        part.ids = [self.ids[i] for i in rows]
+        part.types = None if self.types is None else [self.types[i] for i in rows]
+        part.lengths = self.lengths[np.asarray(rows, dtype=np.int64)]
+        return part
+
     def batch(self, rows: Sequence[int], device: torch.device) -> dict[str, torch.Tensor]:
         return {k: torch.from_numpy(v).to(device) for k, v in pad_right(self.ids, self.types, rows, self.pad_id).items()}
 
@@ -248,9 +256,8 @@ def _split(task: Task, tokenizer, settings: FinetuneSettings, max_length: int) -
     if settings.validation > 0 and np.bincount(codes, minlength=len(task.classes)).min() >= settings.min_val_per_class:
         fold = stratified_folds(codes, round(1 / settings.validation), settings.seed)
         val, local = local[fold == 0], local[fold != 0]
-    records = [task.train[i] for i in rows]
-    val_tokens = Tokenized(tokenizer, [records[i] for i in val], max_length) if len(val) else None
-    return _Split(Tokenized(tokenizer, records, max_length), codes, local, val, val_tokens, rows)
+    tokens = Tokenized(tokenizer, [task.train[i] for i in rows], max_length)
+    return _Split(tokens, codes, local, val, tokens.subset(val) if len(val) else None, rows)
 
 
 def _autocast_for(device: torch.device, precision: str):
@@ -390,8 +397,7 @@ def train_finetune(tasks: Sequence[Task], *, model: str | None = None, revision:
     results, exports = [], {}
     for t in tasks:
         s = splits[t.name]
-        sample = [t.train[i] for i in s.corpus_rows[s.train_rows[:1024]]]  # for the mean layer weights
-        _, weights = predict_proba(net, t.name, Tokenized(tokenizer, sample, max_length), device, autocast)
+        _, weights = predict_proba(net, t.name, s.tokens.subset(s.train_rows[:1024]), device, autocast)  # mean weights
         exports[t.name] = _export_head(net.heads[t.name], settings, t.classes, L, H, weights.mean(0))
         r = TaskResult(t.name, len(s.train_rows), len(s.val_rows), rows=s.corpus_rows.tolist())
         if validated:

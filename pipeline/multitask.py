@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-
 from extract import CorpusSpec, InputError, extract_corpus, open_cache
 from pipeline.finetune import FinetuneSettings, Task, finetune, read_corpus
 from pipeline.sweep import _publish_text, budget_rows
