@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+NORMALIZATIONS = ("layer", "standard", "none")
 
 def check_features(X: object, *, name: str = "X", expected: tuple[int, int] | None = None) -> np.ndarray:
     """X as a float32 array (n_docs, n_layers, hidden), with errors that say what arrived and the fix.
@@ -41,6 +42,35 @@ def layer_stats(X: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.nd
         mean = np.einsum("n,nlh->lh", w, X)
         std = np.sqrt(np.einsum("n,nlh->lh", w, (X - mean) ** 2))
     return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
+
+
+def unit_length(X: np.ndarray) -> np.ndarray:
+    """X (n, L, H) with every document's vector in every layer scaled to length √H (cosine geometry)."""
+    norms = np.linalg.norm(X, axis=-1, keepdims=True) / np.sqrt(X.shape[-1])  # (n, L, 1)
+    return (X / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+
+
+def normalization_stats(X: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std), (n_layers, hidden) each, such that (prepare(X, mode) - mean) / std is the normalised X.
+
+    "layer" (X already unit-length, see prepare): centred, and each layer weighted by its isotropy
+    ι = √(1 - |mean unit vector|²), so its root mean square is ι². A layer whose documents all point one way
+    (anisotropic, as middle layers of most transformers) counts less than a spread-out one; per-dimension
+    scale is left alone. "standard": per-dimension standardisation. "none": as is.
+    """
+    L, H = X.shape[1:]
+    if mode == "none":
+        return np.zeros((L, H), np.float32), np.ones((L, H), np.float32)
+    if mode == "standard":
+        return layer_stats(X)
+    mean = X.mean(axis=0)  # (L, H)
+    iota = np.sqrt(np.clip(1.0 - (mean ** 2).sum(-1) / H, 1e-6, 1.0))  # (L,)
+    return mean.astype(np.float32), np.broadcast_to(1.0 / iota[:, None], (L, H)).astype(np.float32)
+
+
+def prepare(X: np.ndarray, mode: str) -> np.ndarray:
+    """The per-document step of a normalisation (before mean and std): unit length for "layer"."""
+    return unit_length(X) if mode == "layer" else X
 
 
 def check_known_labels(classes: np.ndarray, y: object) -> np.ndarray:

@@ -1,15 +1,22 @@
 """Heads over all layers as scikit-learn estimators: ScalarMix and LayerAttention.
 
 Both take X of shape (n_docs, n_layers, hidden) and train an ensemble of `n_members` small PyTorch heads
-in one vectorised pass (see stack.py). With enough labels each member early-stops on its own stratified
-fold of the training rows, so together they use every row; with few labels they train a fixed number of
-epochs. Predictions average the members' probabilities.
+in one vectorised pass (see stack.py). With enough labels (min_val_per_class per class on average) each
+member early-stops on its own stratified fold of the training rows, so together they use every row; with
+fewer they train a fixed number of epochs as one member. Predictions average the members' probabilities.
 
-The selector starts from, and is held near, a prior over layers (`layer_prior`): "probe" (the default) scores
-each layer by how well it alone separates the labelled rows (leave-one-out nearest centroid, no training);
-"uniform" treats every layer alike; "last" favours the last layer; "auto" picks uniform or last by k-fold
-cross-validation. Measured on four datasets (README): probe is never more than a point behind the last-layer
-baseline, where uniform lost up to 8 points when the last layer was the best one.
+Features are normalised per layer on the training rows (`normalize`): "auto" (the default) takes "layer"
+with few labels and "standard" when the ensemble validates. "layer" (see features.normalization_stats)
+scales every document's vector to unit length, centres it, and weights each layer by its isotropy, a
+label-free measure of how spread out the layer's documents are; "standard" standardises every dimension.
+Measured on four datasets (README): with 4-64 labels per class "layer" beat the last-layer baseline on all
+four where "standard" lost up to 2 points on BBC News and 8 on banking77; with all the labels "standard" was
+better (TREC-6 94.1 against 93.0).
+
+The selector starts from, and is held near, a prior over layers (`layer_prior`): "uniform" (the default)
+treats every layer alike; "probe" scores each layer by how well it alone separates the labelled rows
+(leave-one-out nearest centroid, no training); "last" favours the last layer; "auto" picks uniform or last by
+k-fold cross-validation.
 """
 from __future__ import annotations
 
@@ -23,7 +30,8 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
 from classify.budget import stratified_folds
-from classify.features import check_features, check_known_labels, layer_stats
+from classify.features import (NORMALIZATIONS, check_features, check_known_labels, layer_stats, normalization_stats,
+                               prepare)
 from classify.stack import LayerAttentionStack, ScalarMixStack, TrainConfig, train_stack, validation_loss
 
 LAST_LAYER_PRIOR = 4.0  # prior score of the last layer in the last-layer-heavy candidate: α_last ≈ 0.9 of 7
@@ -78,10 +86,10 @@ class _StackHead(ClassifierMixin, BaseEstimator):
     _stack: type[torch.nn.Module] = ScalarMixStack
     _parameter_constraints: dict[str, Any] = {}
 
-    def __init__(self, *, n_members: int = 5, normalize: str = "standard", lr: float = 3e-2,
+    def __init__(self, *, n_members: int = 5, normalize: str = "auto", lr: float = 3e-2,
                  C: float = 0.5, dropout: float = 0.0, max_epochs: int = 300, patience: int = 20,
                  validation: str = "auto", min_val_per_class: int = 100, epochs_without_validation: int = 100,
-                 class_weight: str | None = None, layer_prior: str = "probe", device: str = "cpu",
+                 class_weight: str | None = None, layer_prior: str = "uniform", device: str = "cpu",
                  random_state: int | None = 0) -> None:
         self.n_members = n_members
         self.layer_prior = layer_prior
@@ -101,7 +109,7 @@ class _StackHead(ClassifierMixin, BaseEstimator):
     # --- checking ---------------------------------------------------------------------------------------
 
     def _check_params(self) -> None:
-        choices = {"normalize": ("standard", "none"), "validation": ("auto", "none"),
+        choices = {"normalize": ("auto", *NORMALIZATIONS), "validation": ("auto", "none"),
                    "class_weight": (None, "balanced"), "layer_prior": ("auto", "uniform", "last", "probe")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -200,9 +208,8 @@ class _StackHead(ClassifierMixin, BaseEstimator):
         validation loss is returned (S, M); otherwise members are the ensemble (validated when labels allow).
         """
         L, H = X.shape[1:]
-        use_val = folds is None and self.validation == "auto" and self.n_members > 1 and all(
-            np.bincount(codes[r], minlength=n_classes)[np.unique(codes[r])].min() >= self.min_val_per_class
-            for r in row_sets)
+        use_val = folds is None and self._validates(codes, n_classes, row_sets)
+        mode = self.normalize if self.normalize != "auto" else "standard" if use_val else "layer"
         # without validation folds every member would see the same rows and reach the same optimum
         S, M = len(row_sets), (len(folds[0]) if folds is not None else self.n_members if use_val else 1)
         n_max = max(len(r) for r in row_sets)
@@ -227,10 +234,9 @@ class _StackHead(ClassifierMixin, BaseEstimator):
                 w_train[s, :, :n] = balance[None, :] * (1 - w_val[s, :, :n])
             else:
                 w_train[s, :, :n] = balance[None, :]
-            if self.normalize == "standard":
-                mean[s], std[s] = layer_stats(X[rows])
+            mean[s], std[s] = normalization_stats(prepare(X[rows], mode), mode)
         device = self._torch_device()
-        x = torch.from_numpy((X[idx] - mean[:, None]) / std[:, None]).to(device)  # (S, n_max, L, H)
+        x = torch.from_numpy((prepare(X[idx], mode) - mean[:, None]) / std[:, None]).to(device)  # (S, n_max, L, H)
         y = torch.from_numpy(codes[idx]).to(device)  # (S, n_max)
         gen = torch.Generator().manual_seed(int(seeds[0]) * 7919 + S)  # module init, then dropout and minibatch order
         module = self._stack(S, M, L, H, n_classes, gen)
@@ -255,8 +261,16 @@ class _StackHead(ClassifierMixin, BaseEstimator):
                 losses = validation_loss(module, x, y, w_val_t, self._config(epochs).batch_rows).cpu().numpy()
         params = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
         return [{**{k: v[s:s + 1].copy() for k, v in params.items()},
-                 "mean": mean[s], "std": std[s], "best_epoch": best_epoch[s].astype(np.int64)}
+                 "mean": mean[s], "std": std[s], "best_epoch": best_epoch[s].astype(np.int64), "normalization": mode}
                 for s in range(S)], losses
+
+    def _validates(self, codes: np.ndarray, n_classes: int, row_sets: Sequence[np.ndarray]) -> bool:
+        """Whether the ensemble early-stops on folds: on average min_val_per_class labels per class or more,
+        and every class in every fold."""
+        if self.validation != "auto" or self.n_members < 2:
+            return False
+        counts = [np.bincount(codes[r], minlength=n_classes)[np.unique(codes[r])] for r in row_sets]
+        return all(c.mean() >= self.min_val_per_class and c.min() >= self.n_members for c in counts)
 
     def fit(self, X: object, y: object) -> "_StackHead":
         """Fit on X (n_docs, n_layers, hidden) and labels y of any type. Returns self."""
@@ -272,6 +286,8 @@ class _StackHead(ClassifierMixin, BaseEstimator):
         self.classes_ = classes
         self.n_features_in_ = int(X.shape[1] * X.shape[2])
         self.n_layers_, self.hidden_size_ = int(X.shape[1]), int(X.shape[2])
+        state = dict(state)
+        self.normalization_ = state.pop("normalization", self.normalize)
         self.state_ = state
         self.layer_weights_ = self.layer_weights(X).mean(axis=0)  # (n_layers,) mean over training rows
 
@@ -286,7 +302,7 @@ class _StackHead(ClassifierMixin, BaseEstimator):
 
     def _normalised(self, X: np.ndarray) -> torch.Tensor:
         """(1, n, L, H) features normalised by the training rows' statistics."""
-        return torch.from_numpy((X - self.state_["mean"]) / self.state_["std"])[None]
+        return torch.from_numpy((prepare(X, self.normalization_) - self.state_["mean"]) / self.state_["std"])[None]
 
     def _checked(self, X: object) -> np.ndarray:
         check_is_fitted(self, "state_")
@@ -340,7 +356,7 @@ class _StackHead(ClassifierMixin, BaseEstimator):
         return head
 
     def _export(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        return dict(self.state_), {"layer_weights": self.layer_weights_.tolist()}
+        return dict(self.state_), {"layer_weights": self.layer_weights_.tolist(), "normalization": self.normalization_}
 
     def _import(self, classes: np.ndarray, n_layers: int, hidden: int, arrays: dict[str, np.ndarray],
                 config: dict[str, Any]) -> None:
@@ -348,6 +364,7 @@ class _StackHead(ClassifierMixin, BaseEstimator):
         self.n_layers_, self.hidden_size_ = n_layers, hidden
         self.n_features_in_ = n_layers * hidden
         self.state_ = arrays
+        self.normalization_ = config.get("normalization", self.normalize)
         self.layer_weights_ = np.asarray(config["layer_weights"], dtype=np.float32)
 
     def _more_tags(self) -> dict[str, Any]:  # older scikit-learn

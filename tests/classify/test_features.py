@@ -1,0 +1,46 @@
+"""Feature checks and the per-layer normalisations, against numpy by hand."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from classify import LayerAttention
+from classify.features import normalization_stats, prepare
+from tests.classify.test_heads import toy
+
+
+def test_layer_normalisation_weights_each_layer_by_its_isotropy():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(50, 2, 16)).astype(np.float32)
+    X[:, 0] += 4.0  # layer 0: every document points the same way (anisotropic); layer 1 spread out
+    mean, std = normalization_stats(prepare(X, "layer"), "layer")
+    got = (prepare(X, "layer") - mean) / std
+    # by hand: unit vectors scaled to √H, centred, times ι = √(1 - |mean unit vector|²)
+    Z = X / np.linalg.norm(X, axis=-1, keepdims=True) * 4.0
+    iota = np.sqrt(1 - (Z.mean(0) ** 2).sum(-1) / 16)  # (L,)
+    np.testing.assert_allclose(got, (Z - Z.mean(0)) * iota[:, None], atol=1e-5)
+    rms = np.sqrt((got ** 2).mean(axis=(0, 2)))
+    np.testing.assert_allclose(rms, iota ** 2, rtol=1e-4)
+    assert rms[0] < 0.3 < 0.9 < rms[1]  # the anisotropic layer counts far less
+
+
+@pytest.mark.parametrize("mode", ["standard", "none"])
+def test_other_normalisations(mode):
+    X, _ = toy(n=40)
+    mean, std = normalization_stats(prepare(X, mode), mode)
+    got = (prepare(X, mode) - mean) / std
+    want = (X - X.mean(0)) / X.std(0) if mode == "standard" else X
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_auto_normalisation_is_layer_with_few_labels_and_standard_when_validated(tmp_path):
+    X, y = toy(n=120)
+    few = LayerAttention(random_state=0).fit(X[:30], y[:30])  # ~10 per class: no validation
+    many = LayerAttention(n_members=3, min_val_per_class=20, max_epochs=40, random_state=0).fit(X, y)
+    assert few.normalization_ == "layer" and few.state_["b"].shape[1] == 1
+    assert many.normalization_ == "standard" and many.state_["b"].shape[1] == 3
+    assert many.score(*toy(seed=1)) > 0.8
+    few.save(str(tmp_path / "few"))
+    again = LayerAttention.load(str(tmp_path / "few"))
+    assert again.normalization_ == "layer"
+    np.testing.assert_allclose(again.predict_proba(X), few.predict_proba(X), atol=1e-6)
