@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-NORMALIZATIONS = ("layer", "standard", "none")
+NORMALIZATIONS = ("layer", "standard", "none")  # see normalization_stats
+
 
 def check_features(X: object, *, name: str = "X", expected: tuple[int, int] | None = None) -> np.ndarray:
     """X as a float32 array (n_docs, n_layers, hidden), with errors that say what arrived and the fix.

@@ -91,8 +91,7 @@ def fit_shared_selector(data: Mapping[str, tuple[object, object]], *, lr: float 
         state = {k: v.detach().numpy().copy() for k, v in module.state_dict().items()}
         state |= {"mean": mean, "std": std, "best_epoch": np.full((1, 1), epochs - 1, np.int64)}
         head = LayerAttention(n_members=1, normalize="standard", lr=lr, C=C, epochs_without_validation=epochs,
-                              layer_prior=layer_prior,
-                              random_state=random_state)
+                              layer_prior=layer_prior, random_state=random_state)
         head._import(classes, L, H, state, {"layer_weights": weights.tolist()})
         heads[name] = head
     return heads
