@@ -216,8 +216,6 @@ class _StackHead(ClassifierMixin, BaseEstimator):
         idx = np.zeros((S, n_max), dtype=np.int64)  # padding points at row 0 with weight 0
         w_train = np.zeros((S, M, n_max), dtype=np.float32)
         w_val = np.zeros((S, M, n_max), dtype=np.float32)
-        mean = np.zeros((S, L, H), np.float32)
-        std = np.ones((S, L, H), np.float32)
         for s, (rows, seed) in enumerate(zip(row_sets, seeds)):
             n = len(rows)
             idx[s, :n] = rows
@@ -234,9 +232,11 @@ class _StackHead(ClassifierMixin, BaseEstimator):
                 w_train[s, :, :n] = balance[None, :] * (1 - w_val[s, :, :n])
             else:
                 w_train[s, :, :n] = balance[None, :]
-            mean[s], std[s] = normalization_stats(prepare(X[rows], mode), mode)
+        gathered = prepare(X[idx], mode)  # (S, n_max, L, H), each set's stats from its own rows
+        stats = [normalization_stats(gathered[s, :len(rows)], mode) for s, rows in enumerate(row_sets)]
+        mean, std = np.stack([m for m, _ in stats]), np.stack([d for _, d in stats])  # (S, L, H) each
         device = self._torch_device()
-        x = torch.from_numpy((prepare(X[idx], mode) - mean[:, None]) / std[:, None]).to(device)  # (S, n_max, L, H)
+        x = torch.from_numpy((gathered - mean[:, None]) / std[:, None]).to(device)  # (S, n_max, L, H)
         y = torch.from_numpy(codes[idx]).to(device)  # (S, n_max)
         gen = torch.Generator().manual_seed(int(seeds[0]) * 7919 + S)  # module init, then dropout and minibatch order
         module = self._stack(S, M, L, H, n_classes, gen)
