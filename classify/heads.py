@@ -32,7 +32,8 @@ from sklearn.utils.validation import check_is_fitted
 from classify.budget import stratified_folds
 from classify.features import (NORMALIZATIONS, check_features, check_known_labels, layer_stats, normalization_stats,
                                prepare)
-from classify.stack import LayerAttentionStack, ScalarMixStack, TrainConfig, train_stack, validation_loss
+from classify.stack import (LayerAttentionStack, ScalarMixStack, TrainConfig, layer_major, train_stack,
+                            validation_loss)
 
 LAST_LAYER_PRIOR = 4.0  # prior score of the last layer in the last-layer-heavy candidate: α_last ≈ 0.9 of 7
 PROBE_PRIOR = 2.0  # prior score of the worst single layer under layer_prior="probe" (the best gets 0)
@@ -236,7 +237,7 @@ class _StackHead(ClassifierMixin, BaseEstimator):
         stats = [normalization_stats(gathered[s, :len(rows)], mode) for s, rows in enumerate(row_sets)]
         mean, std = np.stack([m for m, _ in stats]), np.stack([d for _, d in stats])  # (S, L, H) each
         device = self._torch_device()
-        x = torch.from_numpy((gathered - mean[:, None]) / std[:, None]).to(device)  # (S, n_max, L, H)
+        x = layer_major(torch.from_numpy((gathered - mean[:, None]) / std[:, None]).to(device))  # (S, n_max, L, H)
         y = torch.from_numpy(codes[idx]).to(device)  # (S, n_max)
         gen = torch.Generator().manual_seed(int(seeds[0]) * 7919 + S)  # module init, then dropout and minibatch order
         module = self._stack(S, M, L, H, n_classes, gen)
