@@ -1,0 +1,72 @@
+"""Stacks of heads: the layout they train in, several sets × members against numpy, minibatches."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from classify.stack import LayerAttentionStack, ScalarMixStack, TrainConfig, layer_major, train_stack
+
+
+def softmax(a, axis=-1):
+    e = np.exp(a - a.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def test_layer_major_keeps_shape_and_values_and_lays_each_layer_out_contiguously():
+    x = torch.randn(2, 5, 3, 4)  # (S, n, L, H)
+    lm = layer_major(x)
+    assert lm.shape == x.shape and torch.equal(lm, x)
+    assert lm.transpose(1, 2).is_contiguous() and not x.transpose(1, 2).is_contiguous()
+    assert layer_major(lm).data_ptr() == lm.data_ptr()  # already laid out: no copy
+
+
+def test_layer_attention_with_sets_and_members_matches_numpy_in_either_layout():
+    S, M, n, L, H, C = 2, 3, 5, 3, 4, 2
+    gen = torch.Generator().manual_seed(0)
+    m = LayerAttentionStack(S, M, L, H, C, gen)
+    with torch.no_grad():
+        m.u.normal_(generator=gen)
+        m.w.normal_(generator=gen)
+        m.b.normal_(generator=gen)
+    x = np.random.default_rng(3).normal(size=(S, n, L, H)).astype(np.float32)
+    u, p, W, b = (t.detach().numpy() for t in (m.u, m.w, m.W, m.b))
+    alpha = softmax(np.einsum("snlh,smlh->smnl", x, u) / np.sqrt(H) + p[:, :, None, :])  # (S, M, n, L)
+    want = np.einsum("snlh,smlhc,smnl->smnc", x, W, alpha) + b[:, :, None, :]
+    for xt in (torch.from_numpy(x), layer_major(torch.from_numpy(x))):
+        np.testing.assert_allclose(m.layer_weights(xt).detach().numpy(), alpha, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(m(xt).detach().numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_scalar_mix_with_sets_matches_numpy_in_either_layout():
+    S, M, n, L, H, C = 2, 2, 4, 3, 5, 3
+    gen = torch.Generator().manual_seed(1)
+    m = ScalarMixStack(S, M, L, H, C, gen)
+    with torch.no_grad():
+        m.w.normal_(generator=gen)
+        m.gamma.uniform_(0.5, 2.0, generator=gen)
+    x = np.random.default_rng(4).normal(size=(S, n, L, H)).astype(np.float32)
+    w, g, W, b = (t.detach().numpy() for t in (m.w, m.gamma, m.W, m.b))
+    z = g[..., None, None] * np.einsum("snlh,sml->smnh", x, softmax(w))
+    want = np.einsum("smnh,smhc->smnc", z, W) + b[:, :, None, :]
+    for xt in (torch.from_numpy(x), layer_major(torch.from_numpy(x))):
+        np.testing.assert_allclose(m(xt).detach().numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_minibatches_train_a_set_in_a_stack_as_it_trains_alone():
+    n, L, H, C = 50, 3, 6, 3
+    rng = np.random.default_rng(5)
+    x = torch.from_numpy(rng.normal(size=(2, n, L, H)).astype(np.float32))
+    y = torch.from_numpy(rng.integers(0, C, (2, n)))
+    config = TrainConfig(max_epochs=5, batch_rows=16)  # 4 minibatches per epoch, gathered from the layout
+
+    def trained(sets: slice) -> torch.Tensor:
+        S = len(range(2)[sets])
+        module = LayerAttentionStack(S, 1, L, H, C, torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            module.W.copy_(torch.ones(S, 1, L, H, C) * 0.01)
+        train_stack(module, x[sets], y[sets], torch.ones(S, 1, n), None, config, torch.Generator().manual_seed(7))
+        return module.W.detach()
+
+    both = trained(slice(0, 2))
+    assert not torch.allclose(both[0], torch.full_like(both[0], 0.01))  # it trained
+    torch.testing.assert_close(both[1:], trained(slice(1, 2)), rtol=1e-5, atol=1e-6)
