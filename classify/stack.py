@@ -127,22 +127,26 @@ def train_stack(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, w_tra
     """Adam on all heads at once; keeps each head's parameters from its best validation epoch.
 
     x: (S, n, L, H) normalised features; y: (S, n) class indices; w_train, w_val: (S, M, n) row weights
-    (0 for padding and for the other split). Without w_val every head trains for max_epochs. Everything,
+    (0 for padding and for the other split). Without w_val every head trains for max_epochs; with it, a set
+    leaves the stack once all its members have stopped improving, so the others train on without it. Everything,
     the module and `generator` included, lives on x's device.
     Returns (S, M) the epoch each head's kept parameters come from.
     """
     S, n = y.shape
     M = w_train.shape[1]
     x = layer_major(x)
-    params = list(module.parameters())
-    opt = torch.optim.Adam(params, lr=config.lr)
+    names = list(module.named_parameters(recurse=False))  # a stack's parameters and buffers are its own
+    buffers = dict(module.named_buffers(recurse=False))  # the full stack's, put back at the end
+    opt = torch.optim.Adam([p for _, p in names], lr=config.lr)
     device = x.device
-    best = torch.full((S, M), float("inf"), device=device)
     best_epoch = torch.full((S, M), config.max_epochs - 1, device=device)
-    since = torch.zeros(S, M, dtype=torch.long, device=device)
-    snapshot = [p.detach().clone() for p in params]
     # scikit-learn's C: 0.5·|W|²/C + Σ CE  ==  mean CE + |W|²/(2·C·n) per head, n its training weight
     l2 = 1.0 / (2.0 * config.C * w_train.sum(-1).clamp(min=1.0))  # (S, M)
+    if w_val is not None:
+        kept = [p.detach().clone() for _, p in names]  # every head's parameters from its best epoch, full stack
+        best = torch.full((S, M), float("inf"), device=device)
+        since = torch.zeros(S, M, dtype=torch.long, device=device)
+        active = torch.arange(S, device=device)  # the sets still training: their rows in the full stack
     for epoch in range(config.max_epochs):
         batches = [(x, y, w_train)]  # full batch: no copy
         if n > config.batch_rows:
@@ -161,18 +165,39 @@ def train_stack(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, w_tra
             val = validation_loss(module, x, y, w_val, config.batch_rows)  # (S, M)
             better = val < best - 1e-5
             best = torch.where(better, val, best)
-            best_epoch = torch.where(better, epoch, best_epoch)
+            best_epoch[active] = torch.where(better, epoch, best_epoch[active])
             since = torch.where(better, torch.zeros_like(since), since + 1)
             if better.any():
-                for p, s in zip(params, snapshot):
-                    s[better] = p.detach()[better]
-            if bool((since >= config.patience).all()):
+                sets, members = better.nonzero(as_tuple=True)
+                for (name, _), k in zip(names, kept):
+                    k[active[sets], members] = getattr(module, name).detach()[sets, members]
+            stopped = (since >= config.patience).all(-1)  # (S,) every member of the set has stopped
+            if bool(stopped.all()):
                 break
-    if w_val is not None:
-        with torch.no_grad():
-            for p, s in zip(params, snapshot):
-                p.copy_(s)
+            if bool(stopped.any()):  # the rest train on without the stopped sets' features and parameters
+                keep = (~stopped).nonzero().squeeze(1)
+                active, x, y, w_train, w_val, l2, best, since = (
+                    t[keep] for t in (active, x, y, w_train, w_val, l2, best, since))
+                _keep_sets(module, opt, keep)
+    if w_val is not None:  # the full stack again, each head with its kept parameters
+        for (name, _), k in zip(names, kept):
+            setattr(module, name, torch.nn.Parameter(k))
+        for name, buffer in buffers.items():
+            setattr(module, name, buffer)
     return best_epoch.cpu().numpy()
+
+
+def _keep_sets(module: torch.nn.Module, opt: torch.optim.Optimizer, keep: torch.Tensor) -> None:
+    """Shrink a stack to the sets `keep` (indices along the leading axis): parameters, buffers, Adam's moments."""
+    group = opt.param_groups[0]["params"]
+    for name, old in list(module.named_parameters(recurse=False)):
+        new = torch.nn.Parameter(old.detach()[keep])
+        setattr(module, name, new)
+        group[next(i for i, p in enumerate(group) if p is old)] = new
+        opt.state[new] = {k: v[keep] if torch.is_tensor(v) and v.dim() > 0 else v
+                          for k, v in opt.state.pop(old, {}).items()}
+    for name, buffer in list(module.named_buffers(recurse=False)):
+        setattr(module, name, buffer[keep])
 
 
 def validation_loss(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor,

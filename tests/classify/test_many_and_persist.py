@@ -24,6 +24,20 @@ def test_batched_heads_equal_sequential_fits(Head):
         np.testing.assert_allclose(est.predict_proba(Xt), alone.predict_proba(Xt), atol=2e-4)
 
 
+def test_early_stopped_sets_leave_the_stack_and_equal_their_fits_alone():
+    X, y = toy(n=300)
+    row_sets = [sample_budget(y, per_class=30, random_state=s) for s in range(4)]
+    head = LayerAttention(n_members=2, min_val_per_class=10, patience=3, max_epochs=150)
+    batched = fit_many(head, X, y, row_sets, list(range(4)))
+    stops = {int(est.state_["best_epoch"].max()) for est in batched}
+    assert len(stops) > 1  # the sets stopped at different epochs: the stack shrank while the rest trained on
+    Xt, _ = toy(seed=5)
+    for seed, (est, rows) in enumerate(zip(batched, row_sets)):
+        alone = LayerAttention(**{**head.get_params(), "random_state": seed}).fit(X[rows], y[rows])
+        np.testing.assert_array_equal(est.state_["best_epoch"], alone.state_["best_epoch"])
+        np.testing.assert_allclose(est.predict_proba(Xt), alone.predict_proba(Xt), atol=2e-4)
+
+
 def test_fit_many_refuses_a_one_class_set():
     X, y = toy()
     with pytest.raises(ValueError, match="one class only"):
