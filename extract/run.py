@@ -200,7 +200,8 @@ class BlockEncoder:
                     pooled[name] = np.empty((n, *rows.shape[1:]), dtype=rows.dtype)  # (block, layers, hidden)
                 pooled[name][batch] = rows
             if self.token_layers is not None:
-                kept = torch.stack([hidden[k] for k in self.token_layers], 1).to(self.storage)  # (batch, kept, seq, hidden)
+                # (batch, kept, seq, hidden)
+                kept = torch.stack([hidden[k] for k in self.token_layers], 1).to(self.storage)
                 for row, i in enumerate(batch):
                     token_rows[i] = kept[row, :, :lengths[i]].transpose(0, 1).cpu().numpy()  # (tokens, kept, hidden)
         arrays = {f"pool_{name}": value for name, value in pooled.items()}
