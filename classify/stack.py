@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -94,7 +95,8 @@ class LayerAttentionStack(torch.nn.Module):
         return torch.einsum("smnlc,smnl->smnc", per_layer, alpha) + self.b[:, :, None, :]
 
     def penalty(self) -> torch.Tensor:
-        return (self.W ** 2).sum((-3, -2, -1)) + SELECTOR_L2 * ((self.u ** 2).sum((-2, -1)) + ((self.w - self.p0) ** 2).sum(-1))
+        selector = (self.u ** 2).sum((-2, -1)) + ((self.w - self.p0) ** 2).sum(-1)
+        return (self.W ** 2).sum((-3, -2, -1)) + SELECTOR_L2 * selector
 
 
 @dataclass
@@ -132,72 +134,114 @@ def train_stack(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, w_tra
     the module and `generator` included, lives on x's device.
     Returns (S, M) the epoch each head's kept parameters come from.
     """
-    S, n = y.shape
-    M = w_train.shape[1]
-    x = layer_major(x)
-    names = list(module.named_parameters(recurse=False))  # a stack's parameters and buffers are its own
-    buffers = dict(module.named_buffers(recurse=False))  # the full stack's, put back at the end
-    opt = torch.optim.Adam([p for _, p in names], lr=config.lr)
-    device = x.device
-    best_epoch = torch.full((S, M), config.max_epochs - 1, device=device)
-    # scikit-learn's C: 0.5·|W|²/C + Σ CE  ==  mean CE + |W|²/(2·C·n) per head, n its training weight
-    l2 = 1.0 / (2.0 * config.C * w_train.sum(-1).clamp(min=1.0))  # (S, M)
-    if w_val is not None:
-        kept = [p.detach().clone() for _, p in names]  # every head's parameters from its best epoch, full stack
-        best = torch.full((S, M), float("inf"), device=device)
-        since = torch.zeros(S, M, dtype=torch.long, device=device)
-        active = torch.arange(S, device=device)  # the sets still training: their rows in the full stack
+    run = _Training(module, x, y, w_train, w_val, config)
+    # full batches without dropout: epoch e's training forward is also the validation forward of the parameters
+    # after epoch e-1, so validating costs no pass of its own over the features
+    fused = w_val is not None and y.shape[1] <= config.batch_rows and config.dropout == 0
     for epoch in range(config.max_epochs):
-        batches = [(x, y, w_train)]  # full batch: no copy
-        if n > config.batch_rows:
-            order = torch.randperm(n, generator=generator, device=device).split(config.batch_rows)
-            batches = ((x.transpose(1, 2).index_select(2, rows).transpose(1, 2), y[:, rows], w_train[:, :, rows])
-                       for rows in order)
-        for xb, yb, wb in batches:
-            opt.zero_grad(set_to_none=True)
-            logits = module(xb, config.dropout, generator)  # (S, M, b, C)
-            loss = (_ce(logits, yb) * wb).sum(-1) / wb.sum(-1).clamp(min=1e-12)  # (S, M)
-            (loss + l2 * module.penalty()).sum().backward()
-            opt.step()
-        if w_val is None:
+        if fused:
+            logits = module(run.x)  # (S, M, n, C)
+            if epoch > 0:
+                if run.record(run.validation(logits.detach()), epoch - 1):
+                    return run.finish()
+                if logits.shape[0] != run.x.shape[0]:  # stopped sets have left the stack
+                    logits = module(run.x)
+            run.step(logits, run.y, run.w_train)
             continue
-        with torch.no_grad():
-            val = validation_loss(module, x, y, w_val, config.batch_rows)  # (S, M)
-            better = val < best - 1e-5
-            best = torch.where(better, val, best)
-            best_epoch[active] = torch.where(better, epoch, best_epoch[active])
-            since = torch.where(better, torch.zeros_like(since), since + 1)
-            if better.any():
-                sets, members = better.nonzero(as_tuple=True)
-                for (name, _), k in zip(names, kept):
-                    k[active[sets], members] = getattr(module, name).detach()[sets, members]
-            stopped = (since >= config.patience).all(-1)  # (S,) every member of the set has stopped
-            if bool(stopped.all()):
-                break
-            if bool(stopped.any()):  # the rest train on without the stopped sets' features and parameters
-                keep = (~stopped).nonzero().squeeze(1)
-                active, x, y, w_train, w_val, l2, best, since = (
-                    t[keep] for t in (active, x, y, w_train, w_val, l2, best, since))
-                _keep_sets(module, opt, keep)
-    if w_val is not None:  # the full stack again, each head with its kept parameters
-        for (name, _), k in zip(names, kept):
-            setattr(module, name, torch.nn.Parameter(k))
-        for name, buffer in buffers.items():
-            setattr(module, name, buffer)
-    return best_epoch.cpu().numpy()
+        for xb, yb, wb in run.batches(generator):
+            run.step(module(xb, config.dropout, generator), yb, wb)
+        if w_val is not None and run.record(validation_loss(module, run.x, run.y, run.w_val, config.batch_rows), epoch):
+            return run.finish()
+    if fused:
+        run.record(validation_loss(module, run.x, run.y, run.w_val, config.batch_rows), config.max_epochs - 1)
+    return run.finish()
 
 
-def _keep_sets(module: torch.nn.Module, opt: torch.optim.Optimizer, keep: torch.Tensor) -> None:
-    """Shrink a stack to the sets `keep` (indices along the leading axis): parameters, buffers, Adam's moments."""
-    group = opt.param_groups[0]["params"]
-    for name, old in list(module.named_parameters(recurse=False)):
-        new = torch.nn.Parameter(old.detach()[keep])
-        setattr(module, name, new)
-        group[next(i for i, p in enumerate(group) if p is old)] = new
-        opt.state[new] = {k: v[keep] if torch.is_tensor(v) and v.dim() > 0 else v
-                          for k, v in opt.state.pop(old, {}).items()}
-    for name, buffer in list(module.named_buffers(recurse=False)):
-        setattr(module, name, buffer[keep])
+class _Training:
+    """The state of one stack in training: the sets still training, their rows and weights, Adam, and each
+    head's best validation loss and parameters so far."""
+
+    def __init__(self, module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, w_train: torch.Tensor,
+                 w_val: torch.Tensor | None, config: TrainConfig) -> None:
+        S, M = w_train.shape[:2]
+        device = x.device
+        self.module, self.config = module, config
+        self.x, self.y, self.w_train, self.w_val = layer_major(x), y, w_train, w_val
+        self.names = [name for name, _ in module.named_parameters(recurse=False)]  # a stack's are all its own
+        self.buffers = dict(module.named_buffers(recurse=False))  # the full stack's, put back by finish()
+        self.opt = torch.optim.Adam(module.parameters(), lr=config.lr)
+        # scikit-learn's C: 0.5·|W|²/C + Σ CE  ==  mean CE + |W|²/(2·C·n) per head, n its training weight
+        self.l2 = 1.0 / (2.0 * config.C * w_train.sum(-1).clamp(min=1.0))  # (S, M)
+        self.best_epoch = torch.full((S, M), config.max_epochs - 1, device=device)
+        if w_val is not None:
+            self.kept = [getattr(module, name).detach().clone() for name in self.names]  # full stack
+            self.best = torch.full((S, M), float("inf"), device=device)
+            self.since = torch.zeros(S, M, dtype=torch.long, device=device)
+            self.active = torch.arange(S, device=device)  # the sets still training: their rows in the full stack
+
+    def batches(self, generator: torch.Generator) -> Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """One epoch's (x, y, w_train): the full batch as it is, or shuffled minibatches gathered from the layout."""
+        n, size = self.y.shape[1], self.config.batch_rows
+        if n <= size:
+            return [(self.x, self.y, self.w_train)]
+        order = torch.randperm(n, generator=generator, device=self.x.device).split(size)
+        layers_first = self.x.transpose(1, 2)  # (S, L, n, H), contiguous
+        return ((layers_first.index_select(2, rows).transpose(1, 2), self.y[:, rows], self.w_train[:, :, rows])
+                for rows in order)
+
+    def step(self, logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> None:
+        """One Adam step on the weighted mean cross-entropy of logits (S, M, b, C) plus each head's L2 penalty."""
+        self.opt.zero_grad(set_to_none=True)
+        loss = (_ce(logits, y) * w).sum(-1) / w.sum(-1).clamp(min=1e-12)  # (S, M)
+        (loss + self.l2 * self.module.penalty()).sum().backward()
+        self.opt.step()
+
+    def validation(self, logits: torch.Tensor) -> torch.Tensor:
+        """(S, M) weighted mean validation cross-entropy of full-batch logits (S, M, n, C), as validation_loss."""
+        return (_ce(logits, self.y) * self.w_val).sum(-1) / self.w_val.sum(-1).clamp(min=1e-12)
+
+    @torch.no_grad()
+    def record(self, val: torch.Tensor, epoch: int) -> bool:
+        """Note the heads' validation losses (S, M) after `epoch`, keep the parameters of those that improved,
+        and let sets whose members have all stopped leave the stack. True when every set has stopped."""
+        better = val < self.best - 1e-5
+        self.best = torch.where(better, val, self.best)
+        self.best_epoch[self.active] = torch.where(better, epoch, self.best_epoch[self.active])
+        self.since = torch.where(better, torch.zeros_like(self.since), self.since + 1)
+        if better.any():
+            sets, members = better.nonzero(as_tuple=True)
+            for name, k in zip(self.names, self.kept):
+                k[self.active[sets], members] = getattr(self.module, name).detach()[sets, members]
+        stopped = (self.since >= self.config.patience).all(-1)  # (S,) every member of the set has stopped
+        if bool(stopped.all()):
+            return True
+        if bool(stopped.any()):
+            self._keep((~stopped).nonzero().squeeze(1))
+        return False
+
+    def _keep(self, keep: torch.Tensor) -> None:
+        """Shrink the stack to the sets `keep`: rows, weights, records, parameters, buffers, Adam's moments."""
+        self.active, self.x, self.y, self.w_train, self.w_val, self.l2, self.best, self.since = (
+            t[keep] for t in (self.active, self.x, self.y, self.w_train, self.w_val, self.l2, self.best, self.since))
+        group = self.opt.param_groups[0]["params"]
+        for name in self.names:
+            old = getattr(self.module, name)
+            new = torch.nn.Parameter(old.detach()[keep])
+            setattr(self.module, name, new)
+            group[next(i for i, p in enumerate(group) if p is old)] = new
+            self.opt.state[new] = {k: v[keep] if torch.is_tensor(v) and v.dim() > 0 else v
+                                   for k, v in self.opt.state.pop(old, {}).items()}
+        for name, buffer in list(self.module.named_buffers(recurse=False)):
+            setattr(self.module, name, buffer[keep])
+
+    def finish(self) -> np.ndarray:
+        """Put the full stack back, each head with its kept parameters; (S, M) the epochs they come from."""
+        if self.w_val is not None:
+            for name, k in zip(self.names, self.kept):
+                setattr(self.module, name, torch.nn.Parameter(k))
+            for name, buffer in self.buffers.items():
+                setattr(self.module, name, buffer)
+        return self.best_epoch.cpu().numpy()
 
 
 def validation_loss(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor,

@@ -1,10 +1,13 @@
 """Stacks of heads: the layout they train in, several sets × members against numpy, minibatches."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 
-from classify.stack import LayerAttentionStack, ScalarMixStack, TrainConfig, layer_major, train_stack
+from classify.stack import (LayerAttentionStack, ScalarMixStack, TrainConfig, _ce, layer_major, train_stack,
+                            validation_loss)
 
 
 def softmax(a, axis=-1):
@@ -71,3 +74,43 @@ def test_minibatches_learn_and_train_a_set_in_a_stack_as_it_trains_alone():
         accuracy = (both(x).argmax(-1)[:, 0] == y).float().mean(-1)  # (S,) on the training rows
     assert (accuracy > 0.9).all()  # rows and labels stayed paired through the gather
     torch.testing.assert_close(both.W.detach()[1:], trained(slice(1, 2)).W.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_validating_from_the_next_training_forward_equals_validating_after_each_step():
+    # full batches without dropout read each epoch's validation loss off the next epoch's forward pass;
+    # the plain loop below steps, validates, and keeps each head's best parameters, as train_stack promises
+    S, M, n, L, H, C = 1, 3, 45, 3, 8, 3
+    rng = np.random.default_rng(6)
+    x = torch.from_numpy(rng.normal(size=(S, n, L, H)).astype(np.float32))
+    y = torch.where(torch.from_numpy(rng.random((S, n)) < 0.3), torch.from_numpy(rng.integers(0, C, (S, n))),
+                    x[:, :, 1, :C].argmax(-1))  # 30% of the labels are noise: the heads overfit and stop
+    w_val = (torch.arange(n) % M == torch.arange(M)[:, None]).float()[None]  # (S, M, n): member m's fold
+    w_train = 1 - w_val
+    config = TrainConfig(lr=0.05, max_epochs=200, patience=5)
+    module = LayerAttentionStack(S, M, L, H, C, torch.Generator().manual_seed(0))
+    reference = copy.deepcopy(module)
+    epochs = train_stack(module, x, y, w_train, w_val, config, torch.Generator().manual_seed(1))
+
+    opt = torch.optim.Adam(reference.parameters(), lr=config.lr)
+    l2 = 1.0 / (2.0 * config.C * w_train.sum(-1))
+    best, since = torch.full((S, M), float("inf")), torch.zeros(S, M, dtype=torch.long)
+    best_epoch = torch.full((S, M), config.max_epochs - 1)
+    kept = {name: p.detach().clone() for name, p in reference.named_parameters()}
+    for epoch in range(config.max_epochs):
+        opt.zero_grad()
+        loss = (_ce(reference(x), y) * w_train).sum(-1) / w_train.sum(-1)
+        (loss + l2 * reference.penalty()).sum().backward()
+        opt.step()
+        with torch.no_grad():
+            val = validation_loss(reference, x, y, w_val, config.batch_rows)
+            better = val < best - 1e-5
+            best, best_epoch = torch.where(better, val, best), torch.where(better, epoch, best_epoch)
+            since = torch.where(better, 0, since + 1)
+            for name, p in reference.named_parameters():
+                kept[name][better] = p[better]
+        if (since >= config.patience).all():
+            break
+    assert epochs.max() < config.max_epochs - config.patience - 1 and len(set(epochs.ravel())) > 1
+    np.testing.assert_array_equal(epochs, best_epoch.numpy())
+    for name, p in module.named_parameters():
+        torch.testing.assert_close(p.detach(), kept[name], rtol=0, atol=0)
