@@ -17,6 +17,10 @@ The selector starts from, and is held near, a prior over layers (`layer_prior`):
 treats every layer alike; "probe" scores each layer by how well it alone separates the labelled rows
 (leave-one-out nearest centroid, no training); "last" favours the last layer; "auto" picks uniform or last by
 k-fold cross-validation.
+
+`precision="bf16"` stores the normalised features in bfloat16 and multiplies in it (autocast; parameters,
+losses and predictions stay fp32): on a CPU with AMX or a recent GPU, training is about twice as fast, since
+it is bound by reading the features. Measured on TREC-6 (README), the same accuracies as "fp32", the default.
 """
 from __future__ import annotations
 
@@ -91,7 +95,7 @@ class _StackHead(ClassifierMixin, BaseEstimator):
                  C: float = 0.5, dropout: float = 0.0, max_epochs: int = 300, patience: int = 20,
                  validation: str = "auto", min_val_per_class: int = 100, epochs_without_validation: int = 100,
                  class_weight: str | None = None, layer_prior: str = "uniform", device: str = "cpu",
-                 random_state: int | None = 0) -> None:
+                 precision: str = "fp32", random_state: int | None = 0) -> None:
         self.n_members = n_members
         self.layer_prior = layer_prior
         self.normalize = normalize
@@ -105,13 +109,15 @@ class _StackHead(ClassifierMixin, BaseEstimator):
         self.epochs_without_validation = epochs_without_validation
         self.class_weight = class_weight
         self.device = device
+        self.precision = precision
         self.random_state = random_state
 
     # --- checking ---------------------------------------------------------------------------------------
 
     def _check_params(self) -> None:
         choices = {"normalize": ("auto", *NORMALIZATIONS), "validation": ("auto", "none"),
-                   "class_weight": (None, "balanced"), "layer_prior": ("auto", "uniform", "last", "probe")}
+                   "class_weight": (None, "balanced"), "layer_prior": ("auto", "uniform", "last", "probe"),
+                   "precision": ("fp32", "bf16")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{type(self).__name__}: {name} must be one of {allowed}, got {getattr(self, name)!r}.")
@@ -123,7 +129,10 @@ class _StackHead(ClassifierMixin, BaseEstimator):
                 raise ValueError(f"{type(self).__name__}: {name} must be a positive number, got {value!r}.")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"{type(self).__name__}: dropout must lie in [0, 1), got {self.dropout!r}.")
-        self._torch_device()
+        device = self._torch_device()
+        if self.precision == "bf16" and device.type not in ("cpu", "cuda"):
+            raise ValueError(f"{type(self).__name__}: precision='bf16' trains on the CPU or a CUDA GPU, not on "
+                             f"{self.device!r}; use precision='fp32' there.")
 
     def _torch_device(self) -> torch.device:
         return training_device(self.device, type(self).__name__)
@@ -238,6 +247,8 @@ class _StackHead(ClassifierMixin, BaseEstimator):
         mean, std = np.stack([m for m, _ in stats]), np.stack([d for _, d in stats])  # (S, L, H) each
         device = self._torch_device()
         x = layer_major(torch.from_numpy((gathered - mean[:, None]) / std[:, None]).to(device))  # (S, n_max, L, H)
+        if self.precision == "bf16":  # features stored and multiplied in bfloat16, parameters and losses in fp32
+            x = x.bfloat16()
         y = torch.from_numpy(codes[idx]).to(device)  # (S, n_max)
         gen = torch.Generator().manual_seed(int(seeds[0]) * 7919 + S)  # module init, then dropout and minibatch order
         module = self._stack(S, M, L, H, n_classes, gen)
@@ -255,11 +266,12 @@ class _StackHead(ClassifierMixin, BaseEstimator):
             gen = torch.Generator(device).manual_seed(int(seeds[0]) * 7919 + S)
         epochs = self.max_epochs if use_val else self.epochs_without_validation
         w_train_t, w_val_t = torch.from_numpy(w_train).to(device), torch.from_numpy(w_val).to(device)
-        best_epoch = train_stack(module, x, y, w_train_t, w_val_t if use_val else None, self._config(epochs), gen)
-        losses = np.zeros((S, M), np.float32)
-        if folds is not None:
-            with torch.no_grad():
-                losses = validation_loss(module, x, y, w_val_t, self._config(epochs).batch_rows).cpu().numpy()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            best_epoch = train_stack(module, x, y, w_train_t, w_val_t if use_val else None, self._config(epochs), gen)
+            losses = np.zeros((S, M), np.float32)
+            if folds is not None:
+                with torch.no_grad():
+                    losses = validation_loss(module, x, y, w_val_t, self._config(epochs).batch_rows).cpu().numpy()
         params = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
         return [{**{k: v[s:s + 1].copy() for k, v in params.items()},
                  "mean": mean[s], "std": std[s], "best_epoch": best_epoch[s].astype(np.int64), "normalization": mode}

@@ -78,6 +78,21 @@ def test_seeded_fits_are_identical_and_seeds_differ():
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
+@pytest.mark.parametrize("Head", [ScalarMix, LayerAttention])
+def test_bf16_precision_trains_the_same_heads_up_to_rounding(Head):
+    X, y = toy(n=300)
+    Xt, yt = toy(seed=5)
+    kw = {"min_val_per_class": 40}  # 100 rows per class: the validated ensemble, early stopping included
+    full = Head(**kw).fit(X, y)
+    half = Head(precision="bf16", **kw).fit(X, y)
+    assert half.state_["W"].dtype == np.float32  # parameters stay fp32: only the features' products are bf16
+    assert not np.array_equal(full.state_["W"], half.state_["W"])  # it did train differently
+    assert np.mean(full.predict(Xt) == half.predict(Xt)) > 0.97
+    assert abs(full.score(Xt, yt) - half.score(Xt, yt)) < 0.03
+    with pytest.raises(ValueError, match="precision must be one of"):
+        Head(precision="fp16").fit(X, y)
+
+
 def test_sklearn_tools_work():
     X, y = toy()
     assert cross_val_score(ScalarMix(epochs_without_validation=100), X, y, cv=3).mean() > 0.5  # chance: 0.33
