@@ -36,6 +36,7 @@ step cli-smoke 90 bash -c "$PY -m pipeline.cli finetune trec --budget 16 --epoch
   --text 'How far is the Moon?' && $PY -m pipeline.cli evaluate --head $FT --input trec --split test --device $DEV"
 step parity 60 $PY bench/device_parity.py --device $DEV
 step heads-speed 180 $PY bench/heads_speed.py --device $DEV
+step heads-precision 120 $PY bench/heads_precision.py --device $DEV --seeds-all 2
 step extract-speed-all 150 $PY bench/extract_speed.py --device $DEV --trec 5452 --bbc 2225
 step extract-speed 120 $PY bench/extract_speed.py --device $DEV
 step extract-phases 60 bash -c "cd bench && $PY extract_phases.py --device $DEV"
