@@ -13,7 +13,7 @@ import time
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
@@ -34,6 +34,14 @@ def make_head(name: str, params: dict[str, Any] | None = None, device: str = "cp
     cls = HEADS[name]
     on_device = {"device": device} if "device" in cls().get_params() else {}
     return cls(**{**on_device, **(params or {})})
+
+
+def precision_params(heads: Sequence[str], precision: str) -> dict[str, dict[str, Any]]:
+    """Per-head params that train the heads which have a `precision` (scalar-mix, layer-attention) in it; none
+    for "fp32", their default, so a sweep's recorded settings and identity stay as they were."""
+    if precision == "fp32":
+        return {}
+    return {h: {"precision": precision} for h in heads if h in HEADS and "precision" in HEADS[h]().get_params()}
 
 
 def check_device(device: str) -> None:

@@ -152,3 +152,15 @@ def test_sweep_refuses_an_unlabeled_test_cache(tmp_path, bbc_cache, bbc_slice, t
                    device="cpu", progress=False)
     with pytest.raises(InputError, match="30 documents have no label"):
         run_sweep(small_config(bbc_cache, tmp_path / "s", test=str(unlabeled)), progress=False)
+
+
+def test_precision_bf16_reaches_the_vectorised_heads_and_the_recorded_config(tmp_path, bbc_cache, capsys):
+    out = tmp_path / "s"
+    assert main(["sweep", "--train", str(bbc_cache), "--output", str(out), "--heads", "last-layer,layer-attention",
+                 "--budgets", "1", "--seeds", "1", "--precision", "bf16", "--quiet"]) == 0
+    again = SweepConfig.from_toml(out / "config.toml")
+    assert again.params == {"layer-attention": {"precision": "bf16"}}  # logistic regression has none
+    assert main(["train", "--train", str(bbc_cache), "--head", "scalar-mix", "--budget", "2", "--precision", "bf16",
+                 "-o", str(tmp_path / "head")]) == 0
+    config = json.loads((tmp_path / "head" / "config.json").read_text())
+    assert config["params"]["precision"] == "bf16"
