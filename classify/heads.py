@@ -25,6 +25,7 @@ default: without native bf16 it can be slower.
 """
 from __future__ import annotations
 
+import contextlib
 from numbers import Integral, Real
 from typing import Any, Sequence
 
@@ -267,7 +268,8 @@ class _StackHead(ClassifierMixin, BaseEstimator):
             gen = torch.Generator(device).manual_seed(int(seeds[0]) * 7919 + S)
         epochs = self.max_epochs if use_val else self.epochs_without_validation
         w_train_t, w_val_t = torch.from_numpy(w_train).to(device), torch.from_numpy(w_val).to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+        bf16 = self.precision == "bf16"  # autocast only then: older torch refuses some devices even disabled
+        with torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
             best_epoch = train_stack(module, x, y, w_train_t, w_val_t if use_val else None, self._config(epochs), gen)
             losses = np.zeros((S, M), np.float32)
             if folds is not None:
