@@ -114,6 +114,9 @@ def _sweep(args: argparse.Namespace) -> int:
     from pipeline.sweep import SweepConfig, _read_cells, run_sweep
 
     if args.config:
+        if args.precision != "fp32":
+            raise InputError("sweep: --precision does not apply to --config, which reruns the sweep as recorded; "
+                             "set precision in its [sweep.params.\"layer-attention\"] table, or drop --config.")
         config = SweepConfig.from_toml(args.config)
         if args.output:
             config.output = args.output

@@ -38,7 +38,7 @@ def make_head(name: str, params: dict[str, Any] | None = None, device: str = "cp
 
 def precision_params(heads: Sequence[str], precision: str) -> dict[str, dict[str, Any]]:
     """Per-head params that train the heads which have a `precision` (scalar-mix, layer-attention) in it; none
-    for "fp32", their default, so a sweep's recorded settings and identity stay as they were."""
+    for "fp32", their default, so the params a sweep records stay as they were."""
     if precision == "fp32":
         return {}
     return {h: {"precision": precision} for h in heads if h in HEADS and "precision" in HEADS[h]().get_params()}

@@ -160,6 +160,8 @@ def test_precision_bf16_reaches_the_vectorised_heads_and_the_recorded_config(tmp
                  "--budgets", "1", "--seeds", "1", "--precision", "bf16", "--quiet"]) == 0
     again = SweepConfig.from_toml(out / "config.toml")
     assert again.params == {"layer-attention": {"precision": "bf16"}}  # logistic regression has none
+    assert main(["sweep", "--config", str(out / "config.toml"), "--precision", "bf16"]) == 2
+    assert "does not apply to --config" in capsys.readouterr().err
     assert main(["train", "--train", str(bbc_cache), "--head", "scalar-mix", "--budget", "2", "--precision", "bf16",
                  "-o", str(tmp_path / "head")]) == 0
     config = json.loads((tmp_path / "head" / "config.json").read_text())
