@@ -74,6 +74,13 @@ def prepare(X: np.ndarray, mode: str) -> np.ndarray:
     return unit_length(X) if mode == "layer" else X
 
 
+def normalised(X: np.ndarray, mode: str) -> np.ndarray:
+    """X (n, L, H) normalised by its own rows' statistics, as a head trained on these rows sees them."""
+    Z = prepare(X, mode)
+    mean, std = normalization_stats(Z, mode)
+    return (Z - mean) / std
+
+
 def check_known_labels(classes: np.ndarray, y: object) -> np.ndarray:
     """y as an array, refusing labels the head never saw (they could only ever count as errors)."""
     y = np.asarray(y)

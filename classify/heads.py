@@ -15,8 +15,10 @@ better (TREC-6 94.1 against 93.0).
 
 The selector starts from, and is held near, a prior over layers (`layer_prior`): "uniform" (the default)
 treats every layer alike; "probe" scores each layer by how well it alone separates the labelled rows
-(leave-one-out nearest centroid, no training); "last" favours the last layer; "auto" picks uniform or last by
-k-fold cross-validation.
+(leave-one-out nearest centroid, no training); "cv" by each layer's cross-validated logistic-regression
+log-likelihood on the labelled rows (see cv_prior: closer to the best single layer on TREC-6, worse where mixing
+layers wins, as on BBC News; README); "last" favours the last layer; "auto" picks uniform or last by k-fold
+cross-validation.
 
 `precision="bf16"` stores the normalised features in bfloat16 and multiplies in it (autocast; parameters,
 losses and predictions stay fp32): large fits are bound by reading the features, so on a CPU with AMX (or a
@@ -36,13 +38,14 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
 from classify.budget import stratified_folds
-from classify.features import (NORMALIZATIONS, check_features, check_known_labels, layer_stats, normalization_stats,
-                               prepare)
+from classify.features import (NORMALIZATIONS, check_features, check_known_labels, layer_stats, normalised,
+                               normalization_stats, prepare)
 from classify.stack import (LayerAttentionStack, ScalarMixStack, TrainConfig, layer_major, train_stack,
                             validation_loss)
 
 LAST_LAYER_PRIOR = 4.0  # prior score of the last layer in the last-layer-heavy candidate: α_last ≈ 0.9 of 7
 PROBE_PRIOR = 2.0  # prior score of the worst single layer under layer_prior="probe" (the best gets 0)
+CV_PRIOR_SCALE = 0.1  # layer_prior="cv": prior score per nat of a layer's cross-validated log-likelihood
 MAX_STACK_BYTES = 16 << 20  # features per stack: measured fastest on CPU (cache-sized; 1 GiB stacks ran 1.8x slower)
 MAX_STACK_BYTES_GPU = 2 << 30  # a GPU runs best on as many heads per step as fit
 
@@ -69,6 +72,28 @@ def probe_prior(X: np.ndarray, codes: np.ndarray, n_classes: int, strength: floa
     accuracy = (scores.argmax(-1) == codes[:, None]).mean(0)  # (L,)
     spread = max(float(accuracy.max() - accuracy.min()), 1e-3)
     return (strength * (accuracy - accuracy.max()) / spread).astype(np.float32)
+
+
+def cv_prior(Z: np.ndarray, codes: np.ndarray, seed: int, scale: float = CV_PRIOR_SCALE) -> np.ndarray:
+    """(L,) selector prior from how well each layer alone predicts the labelled rows: the k-fold cross-validated
+    log-likelihood (summed over rows) of a logistic regression on that layer, times `scale`, the best layer at 0.
+    Z: (n, L, H) features normalised as the head sees them; codes: (n,) class indices; k = min(4, smallest
+    class). With one row in some class there is nothing to hold out: uniform (zeros).
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from threadpoolctl import threadpool_limits
+
+    k = int(min(4, np.bincount(codes).min()))
+    if k < 2:
+        return np.zeros(Z.shape[1], np.float32)
+    folds = StratifiedKFold(k, shuffle=True, random_state=seed)
+    rows = np.arange(len(codes))
+    with threadpool_limits(1, user_api="blas"):  # many small fits: one BLAS thread is faster (bench/blas_threads.py)
+        loglik = np.array([np.log(cross_val_predict(LogisticRegression(max_iter=500), Z[:, layer], codes, cv=folds,
+                                                    method="predict_proba")[rows, codes] + 1e-9).sum()
+                           for layer in range(Z.shape[1])])  # (L,)
+    return (scale * (loglik - loglik.max())).astype(np.float32)
 
 
 def training_device(device: str, owner: str = "head") -> torch.device:
@@ -118,7 +143,7 @@ class _StackHead(ClassifierMixin, BaseEstimator):
 
     def _check_params(self) -> None:
         choices = {"normalize": ("auto", *NORMALIZATIONS), "validation": ("auto", "none"),
-                   "class_weight": (None, "balanced"), "layer_prior": ("auto", "uniform", "last", "probe"),
+                   "class_weight": (None, "balanced"), "layer_prior": ("auto", "uniform", "last", "probe", "cv"),
                    "precision": ("fp32", "bf16")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -208,6 +233,9 @@ class _StackHead(ClassifierMixin, BaseEstimator):
             priors = np.stack([probe_prior(X[r], codes[r], n_classes) for r in row_sets])
         elif self.layer_prior == "last":
             priors = np.repeat(self._candidate_priors(X.shape[1])[1:2], len(row_sets), axis=0)
+        elif self.layer_prior == "cv":
+            mode = self._normalization(self._validates(codes, n_classes, row_sets))
+            priors = np.stack([cv_prior(normalised(X[r], mode), codes[r], seed) for r, seed in zip(row_sets, seeds)])
         states, _ = self._train(X, codes, n_classes, row_sets, seeds, set_priors=priors)
         return states
 
@@ -221,7 +249,7 @@ class _StackHead(ClassifierMixin, BaseEstimator):
         """
         L, H = X.shape[1:]
         use_val = folds is None and self._validates(codes, n_classes, row_sets)
-        mode = self.normalize if self.normalize != "auto" else "standard" if use_val else "layer"
+        mode = self._normalization(use_val)
         # without validation folds every member would see the same rows and reach the same optimum
         S, M = len(row_sets), (len(folds[0]) if folds is not None else self.n_members if use_val else 1)
         n_max = max(len(r) for r in row_sets)
@@ -279,6 +307,10 @@ class _StackHead(ClassifierMixin, BaseEstimator):
         return [{**{k: v[s:s + 1].copy() for k, v in params.items()},
                  "mean": mean[s], "std": std[s], "best_epoch": best_epoch[s].astype(np.int64), "normalization": mode}
                 for s in range(S)], losses
+
+    def _normalization(self, validated: bool) -> str:
+        """`normalize`, or for "auto": "standard" when the ensemble validates, "layer" otherwise."""
+        return self.normalize if self.normalize != "auto" else "standard" if validated else "layer"
 
     def _validates(self, codes: np.ndarray, n_classes: int, row_sets: Sequence[np.ndarray]) -> bool:
         """Whether the ensemble early-stops on folds: on average min_val_per_class labels per class or more,

@@ -7,7 +7,7 @@ import torch
 from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.pipeline import Pipeline
 
-from classify import LastLayerLogReg, LayerAttention, ScalarMix
+from classify import LastLayerLogReg, LayerAttention, ScalarMix, fit_many
 from classify.stack import LayerAttentionStack, ScalarMixStack
 
 
@@ -204,3 +204,32 @@ def test_probe_prior_steers_the_selector_to_the_informative_layer():
     probe = LayerAttention(random_state=0, layer_prior="probe").fit(X, y)
     assert probe.layer_weights_[2] > uniform.layer_weights_[2]
     assert probe.layer_weights_.argmax() == 2
+
+
+def test_cv_prior_is_each_layers_cross_validated_log_likelihood():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    from classify.features import normalised
+    from classify.heads import cv_prior
+
+    X, y = toy(n=48)
+    codes = np.unique(y, return_inverse=True)[1]
+    Z = normalised(X, "layer")
+    prior = cv_prior(Z, codes, seed=3)
+    folds = StratifiedKFold(4, shuffle=True, random_state=3)
+    loglik = [np.log(cross_val_predict(LogisticRegression(max_iter=500), Z[:, layer], codes, cv=folds,
+                                       method="predict_proba")[np.arange(48), codes] + 1e-9).sum() for layer in range(4)]
+    np.testing.assert_allclose(prior, 0.1 * (np.array(loglik) - max(loglik)), rtol=1e-4, atol=1e-4)
+    assert prior.argmax() == 2 and prior.max() == 0  # the informative layer, at 0
+    one_per_class = cv_prior(Z[:3], np.array([0, 1, 2]), seed=0)  # nothing to hold out: uniform
+    assert np.array_equal(one_per_class, np.zeros(4, np.float32))
+
+
+def test_cv_prior_steers_the_selector_to_the_informative_layer():
+    X, y = toy(n=60)
+    uniform = LayerAttention(random_state=0, layer_prior="uniform").fit(X, y)
+    cv = LayerAttention(random_state=0, layer_prior="cv").fit(X, y)
+    assert cv.layer_weights_[2] > uniform.layer_weights_[2] and cv.layer_weights_.argmax() == 2
+    batched = fit_many(LayerAttention(layer_prior="cv"), X, y, [np.arange(60)], [0])[0]
+    np.testing.assert_allclose(batched.predict_proba(X), cv.predict_proba(X), atol=2e-4)
