@@ -222,6 +222,7 @@ def test_cv_prior_is_each_layers_cross_validated_log_likelihood():
                                        method="predict_proba")[np.arange(48), codes] + 1e-9).sum() for layer in range(4)]
     np.testing.assert_allclose(prior, 0.1 * (np.array(loglik) - max(loglik)), rtol=1e-4, atol=1e-4)
     assert prior.argmax() == 2 and prior.max() == 0  # the informative layer, at 0
+    assert cv_prior(Z, codes, seed=3, scale=100.0).min() == -20.0  # floored: no denormal weights in training
     one_per_class = cv_prior(Z[:3], np.array([0, 1, 2]), seed=0)  # nothing to hold out: uniform
     assert np.array_equal(one_per_class, np.zeros(4, np.float32))
 
