@@ -218,8 +218,9 @@ def test_cv_prior_is_each_layers_cross_validated_log_likelihood():
     Z = normalised(X, "layer")
     prior = cv_prior(Z, codes, seed=3)
     folds = StratifiedKFold(4, shuffle=True, random_state=3)
-    loglik = [np.log(cross_val_predict(LogisticRegression(max_iter=500), Z[:, layer], codes, cv=folds,
-                                       method="predict_proba")[np.arange(48), codes] + 1e-9).sum() for layer in range(4)]
+    proba = [cross_val_predict(LogisticRegression(max_iter=500), Z[:, layer], codes, cv=folds, method="predict_proba")
+             for layer in range(4)]  # out-of-fold, per layer
+    loglik = [np.log(p[np.arange(48), codes] + 1e-9).sum() for p in proba]
     np.testing.assert_allclose(prior, 0.1 * (np.array(loglik) - max(loglik)), rtol=1e-4, atol=1e-4)
     assert prior.argmax() == 2 and prior.max() == 0  # the informative layer, at 0
     assert cv_prior(Z, codes, seed=3, scale=100.0).min() == -20.0  # floored: no denormal weights in training
