@@ -50,7 +50,8 @@ def main() -> None:
     encode = run.BlockEncoder.encode
 
     def noting_first(*a, **k):
-        first_encode.append(first_encode[0] if first_encode else time.perf_counter() - start)
+        if not first_encode:
+            first_encode.append(time.perf_counter() - start)
         return encode(*a, **k)
     run.BlockEncoder.encode = noting_first
     start = time.perf_counter()

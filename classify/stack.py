@@ -124,6 +124,11 @@ def _ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, C), target, reduction="none").view(S, M, n)
 
 
+def _mean_ce(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """logits (S, M, n, C), y (S, n), row weights w (S, M, n) -> (S, M) weighted mean cross-entropy."""
+    return (_ce(logits, y) * w).sum(-1) / w.sum(-1).clamp(min=1e-12)
+
+
 def train_stack(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, w_train: torch.Tensor,
                 w_val: torch.Tensor | None, config: TrainConfig, generator: torch.Generator) -> np.ndarray:
     """Adam on all heads at once; keeps each head's parameters from its best validation epoch.
@@ -142,7 +147,7 @@ def train_stack(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, w_tra
         if fused:
             logits = module(run.x)  # (S, M, n, C)
             if epoch > 0:
-                if run.record(run.validation(logits.detach()), epoch - 1):
+                if run.record(_mean_ce(logits.detach(), run.y, run.w_val), epoch - 1):
                     return run.finish()
                 if logits.shape[0] != run.x.shape[0]:  # stopped sets have left the stack
                     logits = module(run.x)
@@ -192,13 +197,8 @@ class _Training:
     def step(self, logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> None:
         """One Adam step on the weighted mean cross-entropy of logits (S, M, b, C) plus each head's L2 penalty."""
         self.opt.zero_grad(set_to_none=True)
-        loss = (_ce(logits, y) * w).sum(-1) / w.sum(-1).clamp(min=1e-12)  # (S, M)
-        (loss + self.l2 * self.module.penalty()).sum().backward()
+        (_mean_ce(logits, y, w) + self.l2 * self.module.penalty()).sum().backward()
         self.opt.step()
-
-    def validation(self, logits: torch.Tensor) -> torch.Tensor:
-        """(S, M) weighted mean validation cross-entropy of full-batch logits (S, M, n, C), as validation_loss."""
-        return (_ce(logits, self.y) * self.w_val).sum(-1) / self.w_val.sum(-1).clamp(min=1e-12)
 
     @torch.no_grad()
     def record(self, val: torch.Tensor, epoch: int) -> bool:

@@ -8,11 +8,7 @@ import torch
 
 from classify.stack import (LayerAttentionStack, ScalarMixStack, TrainConfig, _ce, layer_major, train_stack,
                             validation_loss)
-
-
-def softmax(a, axis=-1):
-    e = np.exp(a - a.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
+from tests.classify.test_heads import softmax
 
 
 def test_layer_major_keeps_shape_and_values_and_lays_each_layer_out_contiguously():
