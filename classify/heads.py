@@ -13,6 +13,13 @@ Measured on four datasets (README): with 4-64 labels per class "layer" beat the 
 four where "standard" lost up to 2 points on BBC News and 8 on banking77; with all the labels "standard" was
 better (TREC-6 94.1 against 93.0).
 
+The per-layer classifiers are linear in the layers' vectors (`kernel="linear"`) or in RBF kernel features of
+them (`"rbf"`: a Nyström map per layer on `n_landmarks` of the training rows, see kernel.py). "both" trains
+one ensemble of each and averages their probabilities; "auto" (the default) does so when the ensemble
+validates and stays linear with fewer labels. Measured with all the labels: TREC-6 95.1 against 94.2 for the
+linear ensemble alone (10 seeds), banking77 93.7 against 93.5; at 4-64 labels per class the kernel lost 1-6
+points (too few landmarks to learn a kernel classifier from), hence "auto".
+
 The selector starts from, and is held near, a prior over layers (`layer_prior`): "uniform" (the default)
 treats every layer alike; "probe" scores each layer by how well it alone separates the labelled rows
 (leave-one-out nearest centroid, no training); "cv" by each layer's cross-validated logistic-regression
@@ -39,7 +46,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from classify.budget import stratified_folds
 from classify.features import (NORMALIZATIONS, check_features, check_known_labels, layer_stats, normalised,
-                               normalization_stats, prepare)
+                               normalization_stats, prepare, unit_length)
+from classify.kernel import apply_map, rbf_map
 from classify.stack import (LayerAttentionStack, ScalarMixStack, TrainConfig, layer_major, train_stack,
                             validation_loss)
 
@@ -49,6 +57,8 @@ CV_PRIOR_SCALE = 0.1  # layer_prior="cv": prior score per nat of a layer's cross
 CV_PRIOR_FLOOR = -20.0  # ... and the lowest score it gives a layer
 MAX_STACK_BYTES = 16 << 20  # features per stack: measured fastest on CPU (cache-sized; 1 GiB stacks ran 1.8x slower)
 MAX_STACK_BYTES_GPU = 2 << 30  # a GPU runs best on as many heads per step as fit
+KERNELS = {"linear": "", "rbf": "rbf."}  # the parts a head can train, and the prefix of each part's state keys
+KERNEL_MAP_KEYS = ("map_landmarks", "map_gamma", "map_projection")  # see kernel.rbf_map
 
 
 def probe_prior(X: np.ndarray, codes: np.ndarray, n_classes: int, strength: float = PROBE_PRIOR) -> np.ndarray:
@@ -124,10 +134,13 @@ class _StackHead(ClassifierMixin, BaseEstimator):
     def __init__(self, *, n_members: int = 5, normalize: str = "auto", lr: float = 3e-2,
                  C: float = 0.5, dropout: float = 0.0, max_epochs: int = 300, patience: int = 20,
                  validation: str = "auto", min_val_per_class: int = 100, epochs_without_validation: int = 100,
-                 class_weight: str | None = None, layer_prior: str = "uniform", device: str = "cpu",
-                 precision: str = "fp32", random_state: int | None = 0) -> None:
+                 class_weight: str | None = None, layer_prior: str = "uniform", kernel: str = "auto",
+                 n_landmarks: int = 512, device: str = "cpu", precision: str = "fp32",
+                 random_state: int | None = 0) -> None:
         self.n_members = n_members
         self.layer_prior = layer_prior
+        self.kernel = kernel
+        self.n_landmarks = n_landmarks
         self.normalize = normalize
         self.lr = lr
         self.C = C
@@ -147,12 +160,12 @@ class _StackHead(ClassifierMixin, BaseEstimator):
     def _check_params(self) -> None:
         choices = {"normalize": ("auto", *NORMALIZATIONS), "validation": ("auto", "none"),
                    "class_weight": (None, "balanced"), "layer_prior": ("auto", "uniform", "last", "probe", "cv"),
-                   "precision": ("fp32", "bf16")}
+                   "precision": ("fp32", "bf16"), "kernel": ("auto", "linear", "rbf", "both")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{type(self).__name__}: {name} must be one of {allowed}, got {getattr(self, name)!r}.")
         positive = {"n_members": Integral, "max_epochs": Integral, "patience": Integral, "min_val_per_class": Integral,
-                    "epochs_without_validation": Integral, "lr": Real, "C": Real}
+                    "epochs_without_validation": Integral, "n_landmarks": Integral, "lr": Real, "C": Real}
         for name, kind in positive.items():
             value = getattr(self, name)
             if not isinstance(value, kind) or isinstance(value, bool) or value <= 0:
@@ -194,8 +207,9 @@ class _StackHead(ClassifierMixin, BaseEstimator):
             by_size.setdefault(len(rows), []).append(i)
         states: list[dict[str, np.ndarray] | None] = [None] * len(row_sets)
         limit = MAX_STACK_BYTES if self._torch_device().type == "cpu" else MAX_STACK_BYTES_GPU
+        width = H if self.kernel == "linear" else max(H, self.n_landmarks)  # features per layer, either part
         for size, members in by_size.items():
-            step = max(1, limit // (size * L * H * 4))
+            step = max(1, limit // (size * L * width * 4))
             for start in range(0, len(members), step):
                 chunk = members[start:start + step]
                 fitted = self._fit_stack(X, codes, n_classes, [row_sets[i] for i in chunk], [seeds[i] for i in chunk])
@@ -239,20 +253,32 @@ class _StackHead(ClassifierMixin, BaseEstimator):
         elif self.layer_prior == "cv":
             mode = self._normalization(self._validates(codes, n_classes, row_sets))
             priors = np.stack([cv_prior(normalised(X[r], mode), codes[r], seed) for r, seed in zip(row_sets, seeds)])
-        states, _ = self._train(X, codes, n_classes, row_sets, seeds, set_priors=priors)
+        states: list[dict[str, np.ndarray]] = [{} for _ in row_sets]
+        for kernel in self._kernels(self._validates(codes, n_classes, row_sets)):  # one ensemble per part
+            part, _ = self._train(X, codes, n_classes, row_sets, seeds, set_priors=priors, kernel=kernel)
+            for state, fitted in zip(states, part):
+                state.update({KERNELS[kernel] + k: v for k, v in fitted.items()})
         return states
+
+    def _kernels(self, validated: bool) -> tuple[str, ...]:
+        """The parts a fit trains: `kernel`, where "both" and, for "auto" with the ensemble validating, "auto"
+        mean a linear and an RBF ensemble whose probabilities are averaged."""
+        if self.kernel == "both" or (self.kernel == "auto" and validated):
+            return ("linear", "rbf")
+        return ("rbf",) if self.kernel == "rbf" else ("linear",)
 
     def _train(self, X: np.ndarray, codes: np.ndarray, n_classes: int, row_sets: Sequence[np.ndarray],
                seeds: Sequence[int], *, priors: np.ndarray | None = None, set_priors: np.ndarray | None = None,
-               folds: list[np.ndarray] | None = None, n_folds: int = 0) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
+               folds: list[np.ndarray] | None = None, n_folds: int = 0,
+               kernel: str = "linear") -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
         """One stack. priors (M, L): one per member (selection); set_priors (S, L): one per set.
 
         With `folds` (one member → fold map per set), member m trains without fold folds[s][m] and its
         validation loss is returned (S, M); otherwise members are the ensemble (validated when labels allow).
+        kernel "rbf": the heads train on each set's own RBF map of its rows (kernel.py), kept in its state.
         """
-        L, H = X.shape[1:]
         use_val = folds is None and self._validates(codes, n_classes, row_sets)
-        mode = self._normalization(use_val)
+        mode = self._normalization(use_val, kernel)
         # without validation folds every member would see the same rows and reach the same optimum
         S, M = len(row_sets), (len(folds[0]) if folds is not None else self.n_members if use_val else 1)
         n_max = max(len(r) for r in row_sets)
@@ -275,7 +301,15 @@ class _StackHead(ClassifierMixin, BaseEstimator):
                 w_train[s, :, :n] = balance[None, :] * (1 - w_val[s, :, :n])
             else:
                 w_train[s, :, :n] = balance[None, :]
-        gathered = prepare(X[idx], mode)  # (S, n_max, L, H), each set's stats from its own rows
+        raw = X[idx]  # (S, n_max, L, H)
+        maps: list[dict[str, np.ndarray]] = [{} for _ in row_sets]
+        if kernel == "rbf":  # each set's map from its own rows: (S, n_max, L, m)
+            raw = unit_length(raw)
+            maps = [rbf_map(raw[s, :len(rows)], self.n_landmarks, seed)
+                    for s, (rows, seed) in enumerate(zip(row_sets, seeds))]
+            raw = np.stack([apply_map(raw[s], maps[s]) for s in range(S)])
+        gathered = prepare(raw, mode)  # (S, n_max, L, H), H the kernel features' width for rbf
+        L, H = gathered.shape[2:]  # each set's stats below from its own rows
         stats = [normalization_stats(gathered[s, :len(rows)], mode) for s, rows in enumerate(row_sets)]
         mean, std = np.stack([m for m, _ in stats]), np.stack([d for _, d in stats])  # (S, L, H) each
         device = self._torch_device()
@@ -307,13 +341,16 @@ class _StackHead(ClassifierMixin, BaseEstimator):
                 with torch.no_grad():
                     losses = validation_loss(module, x, y, w_val_t, self._config(epochs).batch_rows).cpu().numpy()
         params = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
-        return [{**{k: v[s:s + 1].copy() for k, v in params.items()},
+        return [{**{k: v[s:s + 1].copy() for k, v in params.items()}, **maps[s],
                  "mean": mean[s], "std": std[s], "best_epoch": best_epoch[s].astype(np.int64), "normalization": mode}
                 for s in range(S)], losses
 
-    def _normalization(self, validated: bool) -> str:
-        """`normalize`, or for "auto": "standard" when the ensemble validates, "layer" otherwise."""
-        return self.normalize if self.normalize != "auto" else "standard" if validated else "layer"
+    def _normalization(self, validated: bool, kernel: str = "linear") -> str:
+        """`normalize`, or for "auto": "standard" when the ensemble validates on the layers as they are, "layer"
+        with few labels and on kernel features (measured on TREC-6, all labels: 95.0 against 94.0)."""
+        if self.normalize != "auto":
+            return self.normalize
+        return "standard" if validated and kernel == "linear" else "layer"
 
     def _validates(self, codes: np.ndarray, n_classes: int, row_sets: Sequence[np.ndarray]) -> bool:
         """Whether the ensemble early-stops on folds: on average min_val_per_class labels per class or more,
@@ -338,22 +375,31 @@ class _StackHead(ClassifierMixin, BaseEstimator):
         self.n_features_in_ = int(X.shape[1] * X.shape[2])
         self.n_layers_, self.hidden_size_ = int(X.shape[1]), int(X.shape[2])
         state = dict(state)
-        self.normalization_ = state.pop("normalization", self.normalize)
+        self.normalization_ = {part: state.pop(prefix + "normalization") for part, prefix in KERNELS.items()
+                               if prefix + "normalization" in state}
         self.state_ = state
         self.layer_weights_ = self.layer_weights(X).mean(axis=0)  # (n_layers,) mean over training rows
 
     # --- prediction -------------------------------------------------------------------------------------
 
-    def _module(self) -> torch.nn.Module:
-        M = self.state_["b"].shape[1]
-        module = self._stack(1, M, self.n_layers_, self.hidden_size_, len(self.classes_), torch.Generator())
-        module.load_state_dict({k: torch.from_numpy(v) for k, v in self.state_.items()
-                                if k not in ("mean", "std", "best_epoch")})
+    def _parts(self) -> list[str]:
+        """The kernels this head trained ("linear", "rbf" or both), from its state."""
+        return [part for part, prefix in KERNELS.items() if prefix + "b" in self.state_]
+
+    def _module(self, part: str) -> torch.nn.Module:
+        prefix = KERNELS[part]
+        M, width = self.state_[prefix + "b"].shape[1], self.state_[prefix + "mean"].shape[-1]
+        module = self._stack(1, M, self.n_layers_, width, len(self.classes_), torch.Generator())
+        module.load_state_dict({k: torch.from_numpy(self.state_[prefix + k]) for k in module.state_dict()})
         return module.eval()
 
-    def _normalised(self, X: np.ndarray) -> torch.Tensor:
-        """(1, n, L, H) features normalised by the training rows' statistics."""
-        return torch.from_numpy((prepare(X, self.normalization_) - self.state_["mean"]) / self.state_["std"])[None]
+    def _normalised(self, X: np.ndarray, part: str) -> torch.Tensor:
+        """(1, n, L, H) features of one part (rbf: its kernel features) normalised by the training rows' statistics."""
+        prefix = KERNELS[part]
+        if part == "rbf":
+            X = apply_map(unit_length(X), {k: self.state_[prefix + k] for k in KERNEL_MAP_KEYS})
+        Z = prepare(X, self.normalization_.get(part, self.normalize))
+        return torch.from_numpy((Z - self.state_[prefix + "mean"]) / self.state_[prefix + "std"])[None]
 
     def _checked(self, X: object) -> np.ndarray:
         check_is_fitted(self, "state_")
@@ -361,13 +407,16 @@ class _StackHead(ClassifierMixin, BaseEstimator):
 
     @torch.no_grad()
     def predict_proba(self, X: object) -> np.ndarray:
-        """(n_docs, n_classes) probabilities, the mean over ensemble members; columns follow classes_."""
+        """(n_docs, n_classes) probabilities, the mean over ensemble members (and over the parts, linear and
+        rbf, when both were trained); columns follow classes_."""
         X = self._checked(X)
-        module = self._module()
+        modules = {part: self._module(part) for part in self._parts()}
         out = []
         for start in range(0, len(X), 4096):
-            logits = module(self._normalised(X[start:start + 4096]))  # (1, M, n, C)
-            out.append(logits.softmax(-1).mean(1)[0].numpy())
+            chunk = X[start:start + 4096]
+            # (1, M, n, C) logits per part -> (n, C)
+            out.append(np.mean([module(self._normalised(chunk, part)).softmax(-1).mean(1)[0].numpy()
+                                for part, module in modules.items()], axis=0))
         return np.concatenate(out)
 
     def predict(self, X: object) -> np.ndarray:
@@ -382,8 +431,9 @@ class _StackHead(ClassifierMixin, BaseEstimator):
     def layer_weights(self, X: object) -> np.ndarray:
         """(n_docs, n_layers) weight each document puts on each layer, averaged over members."""
         X = self._checked(X)
-        module = self._module()
-        out = [module.layer_weights(self._normalised(X[s:s + 4096])).mean(1)[0].numpy()  # (n, L)
+        modules = {part: self._module(part) for part in self._parts()}
+        out = [np.mean([module.layer_weights(self._normalised(X[s:s + 4096], part)).mean(1)[0].numpy()  # (n, L)
+                        for part, module in modules.items()], axis=0)
                for s in range(0, len(X), 4096)]
         return np.concatenate(out)
 
@@ -415,7 +465,8 @@ class _StackHead(ClassifierMixin, BaseEstimator):
         self.n_layers_, self.hidden_size_ = n_layers, hidden
         self.n_features_in_ = n_layers * hidden
         self.state_ = arrays
-        self.normalization_ = config.get("normalization", self.normalize)
+        normalization = config.get("normalization", self.normalize)  # one string before kernels (and in finetune)
+        self.normalization_ = {"linear": normalization} if isinstance(normalization, str) else dict(normalization)
         self.layer_weights_ = np.asarray(config["layer_weights"], dtype=np.float32)
 
     def _more_tags(self) -> dict[str, Any]:  # older scikit-learn

@@ -37,10 +37,12 @@ def test_auto_normalisation_is_layer_with_few_labels_and_standard_when_validated
     X, y = toy(n=120)
     few = LayerAttention(random_state=0).fit(X[:30], y[:30])  # ~10 per class: no validation
     many = LayerAttention(n_members=3, min_val_per_class=20, max_epochs=40, random_state=0).fit(X, y)
-    assert few.normalization_ == "layer" and few.state_["b"].shape[1] == 1
-    assert many.normalization_ == "standard" and many.state_["b"].shape[1] == 3
+    assert few.normalization_ == {"linear": "layer"} and few.state_["b"].shape[1] == 1
+    # validated: a linear ensemble on standardised layers and an RBF one on layer-normalised kernel features
+    assert many.normalization_ == {"linear": "standard", "rbf": "layer"} and many.state_["b"].shape[1] == 3
     assert many.score(*toy(seed=1)) > 0.8
-    few.save(str(tmp_path / "few"))
-    again = LayerAttention.load(str(tmp_path / "few"))
-    assert again.normalization_ == "layer"
-    np.testing.assert_allclose(again.predict_proba(X), few.predict_proba(X), atol=1e-6)
+    for name, head in (("few", few), ("many", many)):
+        head.save(str(tmp_path / name))
+        again = LayerAttention.load(str(tmp_path / name))
+        assert again.normalization_ == head.normalization_
+        np.testing.assert_allclose(again.predict_proba(X), head.predict_proba(X), atol=1e-6)
