@@ -79,7 +79,9 @@ def test_validated_fits_train_both_parts_and_batched_equals_alone():
     batched = fit_many(head, X, y, row_sets, [0, 1])
     Xt, _ = toy(seed=5)
     for seed, (est, rows) in enumerate(zip(batched, row_sets)):
-        assert est._parts() == ["linear", "rbf"]  # kernel="auto" with validated members
+        assert est._parts() == ["linear", "rbf"]  # kernel="auto": validated members on >= n_landmarks rows
         alone = LayerAttention(**{**head.get_params(), "random_state": seed}).fit(X[rows], y[rows])
         np.testing.assert_array_equal(est.state_["rbf.map_landmarks"], alone.state_["rbf.map_landmarks"])
         np.testing.assert_allclose(est.predict_proba(Xt), alone.predict_proba(Xt), atol=2e-4)
+    # "auto" adds the kernel ensemble only with at least n_landmarks rows (120 here)
+    assert head.set_params(n_landmarks=121).fit(X[row_sets[0]], y[row_sets[0]])._parts() == ["linear"]
