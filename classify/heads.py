@@ -349,7 +349,7 @@ class _StackHead(ClassifierMixin, BaseEstimator):
 
     def _normalization(self, validated: bool, kernel: str = "linear") -> str:
         """`normalize`, or for "auto": "standard" when the ensemble validates on the layers as they are, "layer"
-        with few labels and on kernel features (measured on TREC-6, all labels: 95.0 against 94.0)."""
+        with few labels and on kernel features (there, on all of TREC-6: 95.0 against 94.0 standardised, seed 0)."""
         if self.normalize != "auto":
             return self.normalize
         return "standard" if validated and kernel == "linear" else "layer"
