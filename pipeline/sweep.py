@@ -36,12 +36,13 @@ def make_head(name: str, params: dict[str, Any] | None = None, device: str = "cp
     return cls(**{**on_device, **(params or {})})
 
 
-def precision_params(heads: Sequence[str], precision: str) -> dict[str, dict[str, Any]]:
-    """Per-head params that train the heads which have a `precision` (scalar-mix, layer-attention) in it; none
-    for "fp32", their default, so the params a sweep records stay as they were."""
-    if precision == "fp32":
-        return {}
-    return {h: {"precision": precision} for h in heads if h in HEADS and "precision" in HEADS[h]().get_params()}
+def head_params(heads: Sequence[str], precision: str = "fp32", kernel: str = "auto") -> dict[str, dict[str, Any]]:
+    """Per-head params from the CLI's --precision and --kernel, for the heads that have them (scalar-mix,
+    layer-attention); only values other than the heads' defaults, so the params a sweep records stay as they were."""
+    defaults = {"precision": "fp32", "kernel": "auto"}
+    asked = {k: v for k, v in (("precision", precision), ("kernel", kernel)) if v != defaults[k]}
+    params = {h: {k: v for k, v in asked.items() if k in HEADS[h]().get_params()} for h in heads if h in HEADS}
+    return {h: p for h, p in params.items() if p}
 
 
 def check_device(device: str) -> None:

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 import pytest
 from threadpoolctl import threadpool_info
 
+from classify import load_head
 from extract import InputError, extract_corpus
 from pipeline.cli import main
 from pipeline.report import learning_curve_figure, summarize
@@ -166,3 +167,17 @@ def test_precision_bf16_reaches_the_vectorised_heads_and_the_recorded_config(tmp
                  "-o", str(tmp_path / "head")]) == 0
     config = json.loads((tmp_path / "head" / "config.json").read_text())
     assert config["params"]["precision"] == "bf16"
+
+
+def test_kernel_reaches_the_vectorised_heads_and_the_recorded_config(tmp_path, bbc_cache, capsys):
+    out = tmp_path / "s"
+    assert main(["sweep", "--train", str(bbc_cache), "--output", str(out), "--heads", "last-layer,layer-attention",
+                 "--budgets", "1", "--seeds", "1", "--kernel", "rbf", "--precision", "bf16", "--quiet"]) == 0
+    assert SweepConfig.from_toml(out / "config.toml").params == {"layer-attention": {"precision": "bf16",
+                                                                                    "kernel": "rbf"}}
+    assert main(["sweep", "--config", str(out / "config.toml"), "--kernel", "linear", "--precision", "bf16"]) == 2
+    assert "--precision and --kernel do not apply to --config" in capsys.readouterr().err
+    assert main(["train", "--train", str(bbc_cache), "--head", "layer-attention", "--budget", "2", "--kernel", "rbf",
+                 "-o", str(tmp_path / "head")]) == 0
+    head = load_head(str(tmp_path / "head"))
+    assert head.kernel == "rbf" and head._parts() == ["rbf"]
