@@ -208,8 +208,9 @@ class _StackHead(ClassifierMixin, BaseEstimator):
             by_size.setdefault(len(rows), []).append(i)
         states: list[dict[str, np.ndarray] | None] = [None] * len(row_sets)
         limit = MAX_STACK_BYTES if self._torch_device().type == "cpu" else MAX_STACK_BYTES_GPU
-        width = H if self.kernel == "linear" else max(H, self.n_landmarks)  # features per layer, either part
         for size, members in by_size.items():
+            rbf = "rbf" in self._kernels(self._rich(codes, n_classes, [row_sets[i] for i in members]))
+            width = max(H, self.n_landmarks) if rbf else H  # features per layer, the wider part's
             step = max(1, limit // (size * L * width * 4))
             for start in range(0, len(members), step):
                 chunk = members[start:start + step]
@@ -255,12 +256,15 @@ class _StackHead(ClassifierMixin, BaseEstimator):
             mode = self._normalization(self._validates(codes, n_classes, row_sets))
             priors = np.stack([cv_prior(normalised(X[r], mode), codes[r], seed) for r, seed in zip(row_sets, seeds)])
         states: list[dict[str, np.ndarray]] = [{} for _ in row_sets]
-        rich = self._validates(codes, n_classes, row_sets) and min(map(len, row_sets)) >= self.n_landmarks
-        for kernel in self._kernels(rich):  # one ensemble per part
+        for kernel in self._kernels(self._rich(codes, n_classes, row_sets)):  # one ensemble per part
             part, _ = self._train(X, codes, n_classes, row_sets, seeds, set_priors=priors, kernel=kernel)
             for state, fitted in zip(states, part):
                 state.update({KERNELS[kernel] + k: v for k, v in fitted.items()})
         return states
+
+    def _rich(self, codes: np.ndarray, n_classes: int, row_sets: Sequence[np.ndarray]) -> bool:
+        """Whether kernel="auto" adds the RBF ensemble: the ensemble validates, on n_landmarks rows or more."""
+        return self._validates(codes, n_classes, row_sets) and min(map(len, row_sets)) >= self.n_landmarks
 
     def _kernels(self, rich: bool) -> tuple[str, ...]:
         """The parts a fit trains: `kernel`, where "both", and "auto" when labels are `rich` (the ensemble validates
