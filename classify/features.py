@@ -45,9 +45,13 @@ def layer_stats(X: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.nd
     return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
 
 
-def unit_length(X: np.ndarray) -> np.ndarray:
-    """X (n, L, H) with every document's vector in every layer scaled to length √H (cosine geometry)."""
+def unit_length(X: np.ndarray, inplace: bool = False) -> np.ndarray:
+    """X (n, L, H) with every document's vector in every layer scaled to length √H (cosine geometry);
+    `inplace` overwrites X (float32) instead of copying it."""
     norms = np.linalg.norm(X, axis=-1, keepdims=True) / np.sqrt(X.shape[-1])  # (n, L, 1)
+    if inplace:
+        X /= np.maximum(norms, 1e-12)
+        return X
     return (X / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
 
 
@@ -69,9 +73,9 @@ def normalization_stats(X: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarra
     return mean.astype(np.float32), np.broadcast_to(1.0 / iota[:, None], (L, H)).astype(np.float32)
 
 
-def prepare(X: np.ndarray, mode: str) -> np.ndarray:
+def prepare(X: np.ndarray, mode: str, inplace: bool = False) -> np.ndarray:
     """The per-document step of a normalisation (before mean and std): unit length for "layer"."""
-    return unit_length(X) if mode == "layer" else X
+    return unit_length(X, inplace) if mode == "layer" else X
 
 
 def normalised(X: np.ndarray, mode: str) -> np.ndarray:

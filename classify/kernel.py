@@ -22,21 +22,26 @@ def rbf_map(U: np.ndarray, n_landmarks: int, seed: int) -> dict[str, np.ndarray]
     rng = np.random.default_rng(seed)
     landmarks = U[np.sort(rng.choice(len(U), min(n_landmarks, len(U)), replace=False))]  # (m, L, H)
     gamma = (1.0 / np.maximum(U.var(axis=0).sum(-1), 1e-12)).astype(np.float32)  # (L,)
-    vals, vecs = np.linalg.eigh(_kernel(landmarks, landmarks, gamma).astype(np.float64))  # (L, m), (L, m, m)
+    K = np.stack([_kernel(Z, Z, g) for Z, g in zip(landmarks.transpose(1, 0, 2), gamma)])  # (L, m, m)
+    vals, vecs = np.linalg.eigh(K.astype(np.float64))  # (L, m), (L, m, m)
     keep = vals > EIGEN_FLOOR * vals[:, -1:]
     scale = np.where(keep, 1.0 / np.sqrt(np.where(keep, vals, 1.0)), 0.0)
     return {"map_landmarks": landmarks, "map_gamma": gamma,
             "map_projection": (vecs * scale[:, None, :]).astype(np.float32)}
 
 
-def apply_map(U: np.ndarray, kernel_map: dict[str, np.ndarray]) -> np.ndarray:
-    """Unit-length rows U (n, L, H) -> (n, L, m) kernel features."""
-    K = _kernel(U, kernel_map["map_landmarks"], kernel_map["map_gamma"])  # (L, n, m)
-    return np.matmul(K, kernel_map["map_projection"]).transpose(1, 0, 2).astype(np.float32, copy=False)
+def apply_map(U: np.ndarray, kernel_map: dict[str, np.ndarray], out: np.ndarray | None = None) -> np.ndarray:
+    """Unit-length rows U (n, L, H) -> (n, L, m) kernel features, into `out` when given. One layer at a time,
+    so the memory beyond the result is one (n, m) block of the kernel."""
+    landmarks, gamma, projection = (kernel_map[k] for k in ("map_landmarks", "map_gamma", "map_projection"))
+    if out is None:
+        out = np.empty((len(U), U.shape[1], projection.shape[-1]), np.float32)
+    for layer in range(U.shape[1]):
+        out[:, layer] = _kernel(U[:, layer], landmarks[:, layer], gamma[layer]) @ projection[layer]
+    return out
 
 
-def _kernel(A: np.ndarray, B: np.ndarray, gamma: np.ndarray) -> np.ndarray:
-    """A (a, L, H), B (b, L, H) -> (L, a, b) exp(-γ_l |A_l - B_l|²)"""
-    A_, B_ = A.transpose(1, 0, 2), B.transpose(1, 0, 2)  # (L, a, H), (L, b, H)
-    d2 = (A_ ** 2).sum(-1)[:, :, None] + (B_ ** 2).sum(-1)[:, None, :] - 2 * np.matmul(A_, B_.transpose(0, 2, 1))
-    return np.exp(-gamma[:, None, None] * np.maximum(d2, 0.0)).astype(np.float32)
+def _kernel(A: np.ndarray, B: np.ndarray, gamma: float) -> np.ndarray:
+    """A (a, H), B (b, H) -> (a, b) exp(-γ |a - b|²)"""
+    d2 = (A ** 2).sum(-1)[:, None] + (B ** 2).sum(-1)[None, :] - 2 * (A @ B.T)
+    return np.exp(-gamma * np.maximum(d2, 0.0)).astype(np.float32)

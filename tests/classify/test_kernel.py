@@ -61,7 +61,9 @@ def test_kernel_parts(Head):
     rbf = Head(kernel="rbf", n_landmarks=50, random_state=0).fit(X, y)
     assert rbf._parts() == ["rbf"] and rbf.state_["rbf.map_landmarks"].shape == (50, 4, 8)
     assert rbf.score(Xt, yt) > 0.8
+    before = X.copy()
     both = Head(kernel="both", n_landmarks=50, random_state=0).fit(X, y)
+    np.testing.assert_array_equal(X, before)  # features are normalised in place, but in the fit's own copy
     assert both._parts() == ["linear", "rbf"]
     linear = Head(kernel="linear", random_state=0).fit(X, y)
     np.testing.assert_allclose(both.predict_proba(Xt), (linear.predict_proba(Xt) + rbf.predict_proba(Xt)) / 2,
