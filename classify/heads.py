@@ -411,7 +411,7 @@ class _StackHead(ClassifierMixin, BaseEstimator):
         prefix = KERNELS[part]
         if part == "rbf":
             X = apply_map(unit_length(X), {k: self.state_[prefix + k] for k in KERNEL_MAP_KEYS})
-        Z = prepare(X, self.normalization_.get(part, self.normalize))
+        Z = prepare(X, self.normalization_.get(part, self.normalize), inplace=part == "rbf")  # rbf: X is our own
         return torch.from_numpy((Z - self.state_[prefix + "mean"]) / self.state_[prefix + "std"])[None]
 
     def _checked(self, X: object) -> np.ndarray:
@@ -419,18 +419,20 @@ class _StackHead(ClassifierMixin, BaseEstimator):
         return check_features(X, expected=(self.n_layers_, self.hidden_size_))
 
     @torch.no_grad()
+    def _mean_over_parts(self, X: object, per_member) -> np.ndarray:
+        """per_member(module, x (1, n, L, H)) -> (1, M, n, k), averaged over members and parts (linear and rbf,
+        when both were trained), in chunks of 4,096 rows: (n_docs, k)."""
+        X = self._checked(X)
+        modules = {part: self._module(part) for part in self._parts()}
+        return np.concatenate([
+            np.mean([per_member(module, self._normalised(X[s:s + 4096], part)).mean(1)[0].numpy()
+                     for part, module in modules.items()], axis=0)
+            for s in range(0, len(X), 4096)])
+
     def predict_proba(self, X: object) -> np.ndarray:
         """(n_docs, n_classes) probabilities, the mean over ensemble members (and over the parts, linear and
         rbf, when both were trained); columns follow classes_."""
-        X = self._checked(X)
-        modules = {part: self._module(part) for part in self._parts()}
-        out = []
-        for start in range(0, len(X), 4096):
-            chunk = X[start:start + 4096]
-            # (1, M, n, C) logits per part -> (n, C)
-            out.append(np.mean([module(self._normalised(chunk, part)).softmax(-1).mean(1)[0].numpy()
-                                for part, module in modules.items()], axis=0))
-        return np.concatenate(out)
+        return self._mean_over_parts(X, lambda module, x: module(x).softmax(-1))
 
     def predict(self, X: object) -> np.ndarray:
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
@@ -440,15 +442,9 @@ class _StackHead(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         return super().score(X, check_known_labels(self.classes_, y), sample_weight)
 
-    @torch.no_grad()
     def layer_weights(self, X: object) -> np.ndarray:
-        """(n_docs, n_layers) weight each document puts on each layer, averaged over members."""
-        X = self._checked(X)
-        modules = {part: self._module(part) for part in self._parts()}
-        out = [np.mean([module.layer_weights(self._normalised(X[s:s + 4096], part)).mean(1)[0].numpy()  # (n, L)
-                        for part, module in modules.items()], axis=0)
-               for s in range(0, len(X), 4096)]
-        return np.concatenate(out)
+        """(n_docs, n_layers) weight each document puts on each layer, averaged over members (and parts)."""
+        return self._mean_over_parts(X, lambda module, x: module.layer_weights(x))
 
     # --- persistence (see persist.py) --------------------------------------------------------------------
 

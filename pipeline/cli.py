@@ -117,7 +117,7 @@ def _sweep(args: argparse.Namespace) -> int:
     from pipeline.sweep import SweepConfig, _read_cells, run_sweep
 
     if args.config:
-        given = [f"--{k}" for k, default in (("precision", "fp32"), ("kernel", "auto")) if getattr(args, k) != default]
+        given = [f"--{k}" for k in head_params(list(HEADS), args.precision, args.kernel).get("layer-attention", {})]
         if given:
             raise InputError(f"sweep: {' and '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to "
                              "--config, which reruns the sweep as recorded; set them in its "

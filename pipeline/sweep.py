@@ -39,9 +39,9 @@ def make_head(name: str, params: dict[str, Any] | None = None, device: str = "cp
 def head_params(heads: Sequence[str], precision: str = "fp32", kernel: str = "auto") -> dict[str, dict[str, Any]]:
     """Per-head params from the CLI's --precision and --kernel, for the heads that have them (scalar-mix,
     layer-attention); only values other than the heads' defaults, so the params a sweep records stay as they were."""
-    defaults = {"precision": "fp32", "kernel": "auto"}
-    asked = {k: v for k, v in (("precision", precision), ("kernel", kernel)) if v != defaults[k]}
-    params = {h: {k: v for k, v in asked.items() if k in HEADS[h]().get_params()} for h in heads if h in HEADS}
+    asked = {"precision": precision, "kernel": kernel}
+    defaults = {h: HEADS[h]().get_params() for h in heads if h in HEADS}  # a head without the param never gets it
+    params = {h: {k: v for k, v in asked.items() if d.get(k, v) != v} for h, d in defaults.items()}
     return {h: p for h, p in params.items() if p}
 
 
