@@ -350,13 +350,16 @@ class _StackHead(ClassifierMixin, BaseEstimator):
         with torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
             best_epoch = train_stack(module, x, y, w_train_t, w_val_t if use_val else None, self._config(epochs), gen)
             losses = np.zeros((S, M), np.float32)
-            if folds is not None:
-                with torch.no_grad():
+            with torch.no_grad():
+                if folds is not None:
                     losses = validation_loss(module, x, y, w_val_t, self._config(epochs).batch_rows).cpu().numpy()
+                # (S, n_max, L): the fitted weights over layers of every training row, averaged over members
+                weights = module.eval().layer_weights(x).float().mean(1).cpu().numpy()
         params = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
         return [{**{k: v[s:s + 1].copy() for k, v in params.items()}, **maps[s],
-                 "mean": mean[s], "std": std[s], "best_epoch": best_epoch[s].astype(np.int64), "normalization": mode}
-                for s in range(S)], losses
+                 "mean": mean[s], "std": std[s], "best_epoch": best_epoch[s].astype(np.int64), "normalization": mode,
+                 "layer_weights": weights[s, :len(rows)].mean(0)}
+                for s, rows in enumerate(row_sets)], losses
 
     def _normalization(self, validated: bool, kernel: str = "linear") -> str:
         """`normalize`, or for "auto": "standard" when the ensemble validates on the layers as they are, "layer"
@@ -390,8 +393,10 @@ class _StackHead(ClassifierMixin, BaseEstimator):
         state = dict(state)
         self.normalization_ = {part: state.pop(prefix + "normalization") for part, prefix in KERNELS.items()
                                if prefix + "normalization" in state}
+        # (n_layers,) mean over training rows, members and parts: the fit computed each part's on its own features
+        weights = [state.pop(key) for key in [p + "layer_weights" for p in KERNELS.values()] if key in state]
         self.state_ = state
-        self.layer_weights_ = self.layer_weights(X).mean(axis=0)  # (n_layers,) mean over training rows
+        self.layer_weights_ = np.mean(weights, axis=0)
 
     # --- prediction -------------------------------------------------------------------------------------
 

@@ -38,13 +38,13 @@ def check_token_features(X: object, expected: tuple[int, int] | None = None) -> 
     return docs
 
 
-def _pad(docs: list[np.ndarray], mean: np.ndarray, std: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised (n, T, L, H) and mask (n, T)."""
+def _pad(docs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Documents (n_tokens_i, L, H), already normalised -> (n, T, L, H) zero-padded and mask (n, T)."""
     T = max(len(d) for d in docs)
     x = np.zeros((len(docs), T, *docs[0].shape[1:]), np.float32)
     mask = np.zeros((len(docs), T), bool)
     for i, d in enumerate(docs):
-        x[i, :len(d)] = (d - mean) / std
+        x[i, :len(d)] = d
         mask[i, :len(d)] = True
     return torch.from_numpy(x), torch.from_numpy(mask)
 
@@ -82,6 +82,9 @@ class TokenLayerAttention(ClassifierMixin, BaseEstimator):
             raise ValueError("y: only one class in the training rows; a classifier needs at least two.")
         stacked = np.concatenate(docs)  # (all tokens, L, H)
         self.mean_, self.std_ = stacked.mean(0), np.maximum(stacked.std(0), 1e-6)
+        stacked -= self.mean_  # normalised once, not in every epoch
+        stacked /= self.std_
+        docs = np.split(stacked, np.cumsum([len(d) for d in docs])[:-1])
         L, H = stacked.shape[1:]
         self.n_layers_, self.hidden_size_ = int(L), int(H)
         gen = torch.Generator().manual_seed(0 if self.random_state is None else int(self.random_state))
@@ -94,7 +97,7 @@ class TokenLayerAttention(ClassifierMixin, BaseEstimator):
             order = torch.randperm(len(docs), generator=gen).tolist()
             for start in range(0, len(docs), self.batch_docs):
                 idx = order[start:start + self.batch_docs]
-                x, mask = _pad([docs[i] for i in idx], self.mean_, self.std_)
+                x, mask = _pad([docs[i] for i in idx])
                 opt.zero_grad(set_to_none=True)
                 loss = F.cross_entropy(self._forward(x, mask), y_t[idx])
                 penalty = self.selector_.penalty()[0, 0] + SELECTOR_L2 * (self.query_ ** 2).sum()
@@ -107,8 +110,8 @@ class TokenLayerAttention(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X: object) -> np.ndarray:
         check_is_fitted(self, "query_")
         docs = check_token_features(X, expected=(self.n_layers_, self.hidden_size_))
-        out = [self._forward(*_pad(docs[s:s + self.batch_docs], self.mean_, self.std_)).softmax(-1).numpy()
-               for s in range(0, len(docs), self.batch_docs)]
+        out = [self._forward(*_pad([(d - self.mean_) / self.std_ for d in docs[s:s + self.batch_docs]]))
+               .softmax(-1).numpy() for s in range(0, len(docs), self.batch_docs)]
         return np.concatenate(out)
 
     def predict(self, X: object) -> np.ndarray:

@@ -70,6 +70,8 @@ def test_kernel_parts(Head):
                                atol=1e-5)
     np.testing.assert_allclose(both.layer_weights(Xt), (linear.layer_weights(Xt) + rbf.layer_weights(Xt)) / 2,
                                atol=1e-5)
+    for head in (linear, rbf, both):  # the fit records the mean over its training rows as it finishes
+        np.testing.assert_allclose(head.layer_weights_, head.layer_weights(X).mean(0), atol=1e-5)
     with pytest.raises(ValueError, match="kernel must be one of"):
         Head(kernel="poly").fit(X, y)
 
