@@ -383,13 +383,14 @@ class _StackHead(ClassifierMixin, BaseEstimator):
         classes, codes = self._check_y(X, y)
         seed = 0 if self.random_state is None else int(self.random_state)
         state = self._fit_sets(X, codes, len(classes), [np.arange(len(X))], [seed])[0]
-        self._set_fitted(classes, X, state)
+        self._set_fitted(classes, X.shape, state)
         return self
 
-    def _set_fitted(self, classes: np.ndarray, X: np.ndarray, state: dict[str, np.ndarray]) -> None:
+    def _set_fitted(self, classes: np.ndarray, shape: tuple[int, ...], state: dict[str, np.ndarray]) -> None:
+        """shape: the training features' (n_docs, n_layers, hidden); state: one set's from _fit_sets."""
         self.classes_ = classes
-        self.n_features_in_ = int(X.shape[1] * X.shape[2])
-        self.n_layers_, self.hidden_size_ = int(X.shape[1]), int(X.shape[2])
+        self.n_features_in_ = int(shape[1] * shape[2])
+        self.n_layers_, self.hidden_size_ = int(shape[1]), int(shape[2])
         state = dict(state)
         self.normalization_ = {part: state.pop(prefix + "normalization") for part, prefix in KERNELS.items()
                                if prefix + "normalization" in state}

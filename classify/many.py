@@ -41,6 +41,6 @@ def fit_many(head: object, X: object, y: object, row_sets: Sequence[np.ndarray],
                                 [seeds[i] for i in members])
         for i, state in zip(members, states):
             est = clone(head).set_params(random_state=seeds[i])
-            est._set_fitted(classes, X[row_sets[i]], state)
+            est._set_fitted(classes, X.shape, state)
             out[i] = est
     return out
