@@ -48,7 +48,7 @@ from sklearn.utils.validation import check_is_fitted
 from classify.budget import stratified_folds
 from classify.features import (NORMALIZATIONS, check_features, check_known_labels, layer_stats, normalised,
                                normalization_stats, prepare, unit_length)
-from classify.kernel import apply_map, rbf_map
+from classify.kernel import MAP_KEYS, apply_map, rbf_map
 from classify.stack import (LayerAttentionStack, ScalarMixStack, TrainConfig, layer_major, train_stack,
                             validation_loss)
 
@@ -59,7 +59,6 @@ CV_PRIOR_FLOOR = -20.0  # ... and the lowest score it gives a layer
 MAX_STACK_BYTES = 16 << 20  # features per stack: measured fastest on CPU (cache-sized; 1 GiB stacks ran 1.8x slower)
 MAX_STACK_BYTES_GPU = 2 << 30  # a GPU runs best on as many heads per step as fit
 KERNELS = {"linear": "", "rbf": "rbf."}  # the parts a head can train, and the prefix of each part's state keys
-KERNEL_MAP_KEYS = ("map_landmarks", "map_gamma", "map_projection")  # see kernel.rbf_map
 
 
 def probe_prior(X: np.ndarray, codes: np.ndarray, n_classes: int, strength: float = PROBE_PRIOR) -> np.ndarray:
@@ -416,7 +415,7 @@ class _StackHead(ClassifierMixin, BaseEstimator):
         """(1, n, L, H) features of one part (rbf: its kernel features) normalised by the training rows' statistics."""
         prefix = KERNELS[part]
         if part == "rbf":
-            X = apply_map(unit_length(X), {k: self.state_[prefix + k] for k in KERNEL_MAP_KEYS})
+            X = apply_map(unit_length(X), {k: self.state_[prefix + k] for k in MAP_KEYS})
         Z = prepare(X, self.normalization_.get(part, self.normalize), inplace=part == "rbf")  # rbf: X is our own
         return torch.from_numpy((Z - self.state_[prefix + "mean"]) / self.state_[prefix + "std"])[None]
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 EIGEN_FLOOR = 1e-6  # directions of K below this fraction of its largest eigenvalue are dropped (duplicate rows)
+MAP_KEYS = ("map_landmarks", "map_gamma", "map_projection")  # a map's arrays, as rbf_map returns and heads save them
 
 
 def rbf_map(U: np.ndarray, n_landmarks: int, seed: int) -> dict[str, np.ndarray]:
@@ -33,7 +34,7 @@ def rbf_map(U: np.ndarray, n_landmarks: int, seed: int) -> dict[str, np.ndarray]
 def apply_map(U: np.ndarray, kernel_map: dict[str, np.ndarray], out: np.ndarray | None = None) -> np.ndarray:
     """Unit-length rows U (n, L, H) -> (n, L, m) kernel features, into `out` when given. One layer at a time,
     so the memory beyond the result is one (n, m) block of the kernel."""
-    landmarks, gamma, projection = (kernel_map[k] for k in ("map_landmarks", "map_gamma", "map_projection"))
+    landmarks, gamma, projection = (kernel_map[k] for k in MAP_KEYS)
     if out is None:
         out = np.empty((len(U), U.shape[1], projection.shape[-1]), np.float32)
     for layer in range(U.shape[1]):
