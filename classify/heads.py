@@ -198,16 +198,15 @@ class _StackHead(ClassifierMixin, BaseEstimator):
                            max_epochs=epochs, patience=self.patience)
 
     def _fit_sets(self, X: np.ndarray, codes: np.ndarray, n_classes: int, row_sets: Sequence[np.ndarray],
-                  seeds: Sequence[int]) -> list[dict[str, np.ndarray]]:
-        """Train n_members heads for each row set, in as few stacks as memory allows. One state per set."""
+                  seeds: Sequence[int], pad: bool | None = None) -> list[dict[str, np.ndarray]]:
+        """Train n_members heads for each row set, in as few stacks as memory allows. One state per set.
+        pad: whether sets of different sizes share a stack (see _stack_groups); by default on a GPU only."""
         L, H = X.shape[1:]
-        # sets of one size share a stack (no padding wasted on small budgets), split to bound memory
-        by_size: dict[int, list[int]] = {}
-        for i, rows in enumerate(row_sets):
-            by_size.setdefault(len(rows), []).append(i)
+        on_cpu = self._torch_device().type == "cpu"
+        limit = MAX_STACK_BYTES if on_cpu else MAX_STACK_BYTES_GPU
         states: list[dict[str, np.ndarray] | None] = [None] * len(row_sets)
-        limit = MAX_STACK_BYTES if self._torch_device().type == "cpu" else MAX_STACK_BYTES_GPU
-        for size, members in by_size.items():
+        for members in self._stack_groups(codes, n_classes, row_sets, pad=not on_cpu if pad is None else pad):
+            size = max(len(row_sets[i]) for i in members)
             rbf = "rbf" in self._kernels(self._rich(codes, n_classes, [row_sets[i] for i in members]))
             width = max(H, self.n_landmarks) if rbf else H  # features per layer, the wider part's
             step = max(1, limit // (size * L * width * 4))
@@ -217,6 +216,23 @@ class _StackHead(ClassifierMixin, BaseEstimator):
                 for i, state in zip(chunk, fitted):
                     states[i] = state
         return states
+
+    def _stack_groups(self, codes: np.ndarray, n_classes: int, row_sets: Sequence[np.ndarray],
+                      pad: bool) -> list[list[int]]:
+        """Which row sets share stacks: sets of one size (no padding wasted on small budgets: a CPU is bound by
+        the rows it reads), or with `pad` (a GPU, bound by kernel launches) every set that trains the same way,
+        padded to the largest, largest first: validated or not, the same kernel parts, the same number of folds
+        for layer_prior="auto", and full batches (a set that would train on minibatches keeps to its size)."""
+        full_batch = self._config(1).batch_rows
+        groups: dict[object, list[int]] = {}
+        for i, rows in enumerate(row_sets):
+            key: object = len(rows)
+            if pad and len(rows) <= full_batch:
+                folds = min(4, int(np.bincount(codes[rows])[np.unique(codes[rows])].min())) \
+                    if self.layer_prior == "auto" else 0  # k as _select_priors takes it
+                key = (self._validates(codes, n_classes, [rows]), self._rich(codes, n_classes, [rows]), folds)
+            groups.setdefault(key, []).append(i)
+        return [sorted(members, key=lambda i: -len(row_sets[i])) for members in groups.values()]
 
     def _candidate_priors(self, L: int) -> np.ndarray:
         """(n_candidates, L) selector priors a fit chooses between by cross-validation.

@@ -5,6 +5,8 @@ import json
 
 import numpy as np
 import pytest
+import torch
+from sklearn.base import clone
 
 from classify import (LastLayerLogReg, LayerAttention, ScalarMix, TokenLayerAttention, check_feature_source,
                       fit_many, load_head, sample_budget)
@@ -35,6 +37,39 @@ def test_early_stopped_sets_leave_the_stack_and_equal_their_fits_alone():
     for seed, (est, rows) in enumerate(zip(batched, row_sets)):
         alone = LayerAttention(**{**head.get_params(), "random_state": seed}).fit(X[rows], y[rows])
         np.testing.assert_array_equal(est.state_["best_epoch"], alone.state_["best_epoch"])
+        np.testing.assert_allclose(est.predict_proba(Xt), alone.predict_proba(Xt), atol=2e-4)
+
+
+@pytest.mark.parametrize("Head", [ScalarMix, LayerAttention])
+def test_padded_stacks_of_mixed_sizes_equal_fits_alone(Head):
+    """What a GPU does (_stack_groups with pad): sets of different sizes share a stack, padded with weight-0
+    rows; validated and unvalidated sets in stacks of their own. Each head equals its fit alone."""
+    X, y = toy(n=300)
+    row_sets = [sample_budget(y, per_class=k, random_state=s) for k in (3, 5, 30, 40) for s in (0, 1)]
+    seeds = [0, 1] * 4
+    head = Head(n_members=2, min_val_per_class=10, patience=3, max_epochs=150, epochs_without_validation=40)
+    codes = np.unique(y, return_inverse=True)[1]
+    groups = head._stack_groups(codes, 3, row_sets, pad=True)
+    assert sorted(map(sorted, groups)) == [[0, 1, 2, 3], [4, 5, 6, 7]]  # two sizes each: unvalidated, validated
+    states = head._fit_sets(X, codes, 3, row_sets, seeds, pad=True)
+    Xt, _ = toy(seed=5)
+    for state, rows, seed in zip(states, row_sets, seeds):
+        est = clone(head).set_params(random_state=seed)
+        est._set_fitted(np.unique(y), X.shape, state)
+        alone = clone(est).fit(X[rows], y[rows])
+        np.testing.assert_array_equal(est.state_["best_epoch"], alone.state_["best_epoch"])
+        np.testing.assert_allclose(est.predict_proba(Xt), alone.predict_proba(Xt), atol=2e-4)
+        np.testing.assert_allclose(est.layer_weights_, alone.layer_weights_, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fit_many_on_a_gpu_pads_budgets_into_one_stack_and_equals_fits_alone():
+    X, y = toy(n=300)
+    row_sets = [sample_budget(y, per_class=k, random_state=s) for k in (3, 5, 30, 40) for s in (0, 1)]
+    head = LayerAttention(n_members=2, min_val_per_class=10, patience=3, max_epochs=150, device="cuda")
+    Xt, _ = toy(seed=5)
+    for seed, (est, rows) in enumerate(zip(fit_many(head, X, y, row_sets, [0, 1] * 4), row_sets)):
+        alone = clone(head).set_params(random_state=seed % 2).fit(X[rows], y[rows])
         np.testing.assert_allclose(est.predict_proba(Xt), alone.predict_proba(Xt), atol=2e-4)
 
 
