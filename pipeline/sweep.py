@@ -254,17 +254,23 @@ def run_sweep(config: SweepConfig, progress: bool = True, replace_other: bool = 
     seeds_of = {b: [0] if b == "all" else list(range(config.seeds)) for b in config.budgets}
     grid = [(h, b, s) for h in config.heads for b in config.budgets for s in seeds_of[b]]
     todo = list(dict.fromkeys((h, b) for h, b, s in grid if (h, b, s) not in done))
+    # a GPU trains every budget of a head in one padded stack (classify.heads), so there it gets them in one
+    # fit_many call; on a CPU, whose stacks hold one budget each anyway, a call per budget saves cells sooner
+    per_head = training_device(config.device).type != "cpu"
+    calls: dict[tuple[str, ...], list[str]] = {}
+    for head_name, budget in todo:
+        calls.setdefault((head_name,) if per_head else (head_name, budget), []).append(budget)
     with tqdm(total=len(grid), initial=sum(cell in done for cell in grid), unit="fit", desc="sweep",
               disable=not progress, dynamic_ncols=True) as bar:
-        for head_name, budget in todo:
-            missing = [s for s in seeds_of[budget] if (head_name, budget, s) not in done]
-            rows = [_rows_for(config, data.y, budget, s) for s in missing]
+        for (head_name, *_), budgets in calls.items():
+            jobs = [(b, s) for b in budgets for s in seeds_of[b] if (head_name, b, s) not in done]
+            rows = [_rows_for(config, data.y, b, s) for b, s in jobs]
             head = make_head(head_name, config.params.get(head_name), config.device)
             start = time.perf_counter()
-            fitted = fit_many(head, data.X, data.y, rows, missing)
+            fitted = fit_many(head, data.X, data.y, rows, [s for _, s in jobs])
             per_fit = (time.perf_counter() - start) / len(fitted)  # the batch's time, shared evenly
             cells = []
-            for seed, r, model in zip(missing, rows, fitted):
+            for (budget, seed), r, model in zip(jobs, rows, fitted):
                 pred = model.predict(data.Xt)
                 cell = {"head": head_name, "budget": budget, "seed": seed, "n_train": len(r),
                         "accuracy": float(accuracy_score(data.yt, pred)),
