@@ -5,8 +5,9 @@ Prints docs/s and tokens/s for
   (b) a bare loop over length-sorted token-budget batches: forward pass with all hidden states and mean
       pooling only, inputs pre-tokenised, nothing stored: the practical limit of this hardware;
   (c) the usual naive way: fixed-size batches in file order, padded to the longest, same forward and pooling;
-and the ratios a/b and a/c from the same run. Then peak memory (max RSS of a `finetext extract` subprocess)
-for the corpus and for 10x the corpus: it must stay flat. Memory is bounded by the block (documents encoded
+and the ratios a/b and a/c from the same run. Then peak memory of a `finetext extract` process for the corpus
+and for 10x the corpus, which must stay flat: resident (max RSS) and live (RSS less the free chunks glibc's
+malloc keeps for reuse; bench/memory_probe.py). Memory is bounded by the block (documents encoded
 and written together, 4,096 by default), and the corpus alone is smaller than one block, so the pair is also
 measured with blocks of --memory-block-docs, where both runs hold several full blocks.
 
@@ -81,16 +82,12 @@ def naive(model, tokenizer, texts, max_length, batch_size, device) -> float:
     return time.perf_counter() - start
 
 
-_PEAK = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
-         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
-
-
-def peak_rss_mib(corpus: Path, out: Path, max_length: int, device: str, *options: str) -> float:
-    """Max RSS of one `finetext extract` run, measured by a fresh parent so earlier runs do not count."""
-    cmd = [sys.executable, "-m", "pipeline.cli", "extract", str(corpus), "-o", str(out), "--quiet",
+def peak_memory_mib(corpus: Path, out: Path, max_length: int, device: str, *options: str) -> tuple[float, str]:
+    """Peak resident and live memory (MiB; see memory_probe.py) of one `finetext extract` in a fresh process."""
+    cmd = [sys.executable, str(ROOT / "bench" / "memory_probe.py"), str(corpus), "-o", str(out), "--quiet",
            "--max-length", str(max_length), "--device", device, "--force", *options]
-    kib = subprocess.run([sys.executable, "-c", _PEAK, *cmd], check=True, cwd=ROOT, capture_output=True, text=True)
-    return int(kib.stdout.split()[-1]) / 1024  # ru_maxrss is in KiB on Linux
+    resident, live = subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True).stdout.split()[-2:]
+    return float(resident), live
 
 
 def main() -> None:
@@ -145,10 +142,13 @@ def main() -> None:
     mixed_corpus(big, args.trec, args.bbc, copies=10)
     for label, options in (("default blocks", ()), (f"blocks of {args.memory_block_docs}",
                                                      ("--block-docs", str(args.memory_block_docs)))):
-        m1 = peak_rss_mib(corpus, work / "m1.h5", args.memory_max_length, args.device, *options)
-        m10 = peak_rss_mib(big, work / "m10.h5", args.memory_max_length, args.device, *options)
+        (m1, live1), (m10, live10) = (peak_memory_mib(c, work / "m.h5", args.memory_max_length, args.device, *options)
+                                      for c in (corpus, big))
         print(f"peak memory (max RSS, max_length {args.memory_max_length}, {label}): corpus {m1:.0f} MiB, "
               f"10x corpus {m10:.0f} MiB, ratio {m10 / m1:.2f}")
+        if live1 != "n/a":
+            print(f"  live (RSS less malloc's free heap): corpus {live1} MiB, 10x corpus {live10} MiB, "
+                  f"ratio {float(live10) / float(live1):.2f}")
 
 
 if __name__ == "__main__":
