@@ -17,6 +17,7 @@ import resource
 import sys
 import threading
 from pathlib import Path
+from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -28,7 +29,7 @@ class _MallInfo2(ctypes.Structure):
                                                        "fsmblks", "uordblks", "fordblks", "keepcost")]
 
 
-def _free_heap_bytes():
+def _free_heap_bytes() -> Callable[[], int] | None:
     """A function giving the bytes malloc holds in free chunks, or None without glibc's mallinfo2."""
     try:
         libc = ctypes.CDLL("libc.so.6")
