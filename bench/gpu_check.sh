@@ -4,7 +4,8 @@
 #   batched and one at a time → extraction speed (all of TREC-6 + BBC News, then the bench's default corpus,
 #   then where a cold `extract` spends its time)
 #   → fine-tuning and multi-task benchmark → the test suite with a GPU visible (its GPU tests run).
-# Needs finetext's dependencies with the demo extra importable and ../shared/data beside the checkout.
+# Needs finetext's dependencies with the demo extra importable and ../shared/data beside the checkout: on a lent
+# machine, which has torch and transformers but not the demo packages, bench/gpu_carry.sh brings them.
 # The full log is gpu-check.log in $OUT (the device tool's folder) or runs/gpu-check/.
 #     bash bench/gpu_check.sh
 set -u
