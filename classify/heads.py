@@ -24,7 +24,7 @@ landmarks to learn a kernel classifier from), hence "auto".
 The selector starts from, and is held near, a prior over layers (`layer_prior`): "uniform" (the default)
 treats every layer alike; "probe" scores each layer by how well it alone separates the labelled rows
 (leave-one-out nearest centroid, no training); "cv" by each layer's cross-validated logistic-regression
-log-likelihood on the labelled rows (see cv_prior: closer to the best single layer on TREC-6, worse where mixing
+log-likelihood on the labelled rows (see priors.py: closer to the best single layer on TREC-6, worse where mixing
 layers wins, as on BBC News; README); "last" favours the last layer; "auto" picks uniform or last by k-fold
 cross-validation.
 
@@ -46,67 +46,16 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
 from classify.budget import stratified_folds
-from classify.features import (NORMALIZATIONS, check_features, check_known_labels, layer_stats, normalised,
-                               normalization_stats, prepare, unit_length)
+from classify.features import (NORMALIZATIONS, check_features, check_known_labels, normalised, normalization_stats,
+                               prepare, unit_length)
 from classify.kernel import MAP_KEYS, apply_map, rbf_map
+from classify.priors import LAST_LAYER_PRIOR, cv_prior, probe_prior
 from classify.stack import (LayerAttentionStack, ScalarMixStack, TrainConfig, layer_major, train_stack,
                             validation_loss)
 
-LAST_LAYER_PRIOR = 4.0  # prior score of the last layer in the last-layer-heavy candidate: α_last ≈ 0.9 of 7
-PROBE_PRIOR = 2.0  # prior score of the worst single layer under layer_prior="probe" (the best gets 0)
-CV_PRIOR_SCALE = 0.1  # layer_prior="cv": prior score per nat of a layer's cross-validated log-likelihood
-CV_PRIOR_FLOOR = -20.0  # ... and the lowest score it gives a layer
 MAX_STACK_BYTES = 16 << 20  # features per stack: measured fastest on CPU (cache-sized; 1 GiB stacks ran 1.8x slower)
 MAX_STACK_BYTES_GPU = 2 << 30  # a GPU runs best on as many heads per step as fit
 KERNELS = {"linear": "", "rbf": "rbf."}  # the parts a head can train, and the prefix of each part's state keys
-
-
-def probe_prior(X: np.ndarray, codes: np.ndarray, n_classes: int, strength: float = PROBE_PRIOR) -> np.ndarray:
-    """(L,) selector prior from how well each layer alone separates the labelled rows.
-
-    Leave-one-out nearest-centroid accuracy per layer (cosine on features standardised by these rows), scaled
-    so that the best layer gets 0 and the worst -strength. Cheap (no training) and usable from 2 rows per class.
-    X: (n, L, H), codes: (n,) class indices.
-    """
-    mean, std = layer_stats(X)
-    Z = (X - mean) / std
-    Z /= np.linalg.norm(Z, axis=-1, keepdims=True) + 1e-8  # (n, L, H)
-    n = len(codes)
-    sums = np.stack([Z[codes == c].sum(0) for c in range(n_classes)], axis=-1)  # (L, H, C)
-    counts = np.bincount(codes, minlength=n_classes).astype(np.float32)  # (C,)
-    sims = np.einsum("nlh,lhc->nlc", Z, sums)  # (n, L, C)
-    mine = np.arange(n)
-    sims[mine, :, codes] -= (Z * Z).sum(-1)  # leave each row out of its own class's centroid
-    others = np.broadcast_to(counts, (n, n_classes)).copy()  # (n, C)
-    others[mine, codes] -= 1
-    scores = np.where(others[:, None, :] > 0, sims / np.maximum(others, 1)[:, None, :], -np.inf)
-    accuracy = (scores.argmax(-1) == codes[:, None]).mean(0)  # (L,)
-    spread = max(float(accuracy.max() - accuracy.min()), 1e-3)
-    return (strength * (accuracy - accuracy.max()) / spread).astype(np.float32)
-
-
-def cv_prior(Z: np.ndarray, codes: np.ndarray, seed: int, scale: float = CV_PRIOR_SCALE) -> np.ndarray:
-    """(L,) selector prior from how well each layer alone predicts the labelled rows: the k-fold cross-validated
-    log-likelihood (summed over rows) of a logistic regression on that layer, times `scale`, the best layer at 0.
-    Z: (n, L, H) features normalised as the head sees them; codes: (n,) class indices; k = min(4, smallest
-    class). With one row in some class there is nothing to hold out: uniform (zeros).
-    """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from threadpoolctl import threadpool_limits
-
-    k = int(min(4, np.bincount(codes).min()))
-    if k < 2:
-        return np.zeros(Z.shape[1], np.float32)
-    folds = StratifiedKFold(k, shuffle=True, random_state=seed)
-    rows = np.arange(len(codes))
-    with threadpool_limits(1, user_api="blas"):  # many small fits: one BLAS thread is faster (bench/blas_threads.py)
-        loglik = np.array([np.log(cross_val_predict(LogisticRegression(max_iter=500), Z[:, layer], codes, cv=folds,
-                                                    method="predict_proba")[rows, codes] + 1e-9).sum()
-                           for layer in range(Z.shape[1])])  # (L,)
-    # floored: a weight of e^-20 is already nothing, and far smaller ones turn into denormal floats in the
-    # backward pass, which ran 40x slower (banking77, 32/class)
-    return np.maximum(scale * (loglik - loglik.max()), CV_PRIOR_FLOOR).astype(np.float32)
 
 
 def training_device(device: str, owner: str = "head") -> torch.device:

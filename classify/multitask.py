@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from classify.features import check_features, layer_stats
-from classify.heads import LayerAttention, probe_prior
+from classify.heads import LayerAttention
+from classify.priors import probe_prior
 from classify.stack import LayerAttentionStack
 
 SHARED = ("u", "w")  # the selector's parameters
