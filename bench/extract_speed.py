@@ -82,12 +82,14 @@ def naive(model, tokenizer, texts, max_length, batch_size, device) -> float:
     return time.perf_counter() - start
 
 
-def peak_memory_mib(corpus: Path, out: Path, max_length: int, device: str, *options: str) -> tuple[float, str]:
-    """Peak resident and live memory (MiB; see memory_probe.py) of one `finetext extract` in a fresh process."""
+def peak_memory_mib(corpus: Path, out: Path, max_length: int, device: str,
+                    *options: str) -> tuple[float, float | None]:
+    """Peak resident and live memory (MiB; see memory_probe.py, None where it cannot tell live memory) of one
+    `finetext extract` in a fresh process."""
     cmd = [sys.executable, str(ROOT / "bench" / "memory_probe.py"), str(corpus), "-o", str(out), "--quiet",
            "--max-length", str(max_length), "--device", device, "--force", *options]
     resident, live = subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True).stdout.split()[-2:]
-    return float(resident), live
+    return float(resident), None if live == "n/a" else float(live)
 
 
 def main() -> None:
@@ -146,9 +148,9 @@ def main() -> None:
                                       for c in (corpus, big))
         print(f"peak memory (max RSS, max_length {args.memory_max_length}, {label}): corpus {m1:.0f} MiB, "
               f"10x corpus {m10:.0f} MiB, ratio {m10 / m1:.2f}")
-        if live1 != "n/a":
-            print(f"  live (RSS less malloc's free heap): corpus {live1} MiB, 10x corpus {live10} MiB, "
-                  f"ratio {float(live10) / float(live1):.2f}")
+        if live1 is not None and live10 is not None:
+            print(f"  live (RSS less malloc's free heap): corpus {live1:.0f} MiB, 10x corpus {live10:.0f} MiB, "
+                  f"ratio {live10 / live1:.2f}")
 
 
 if __name__ == "__main__":

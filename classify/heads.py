@@ -74,6 +74,11 @@ def training_device(device: str, owner: str = "head") -> torch.device:
     return resolved
 
 
+def _prior_folds(codes: np.ndarray, rows: np.ndarray) -> int:
+    """k of layer_prior="auto"'s k-fold choice of prior on these rows: min(4, their smallest class)."""
+    return int(min(4, np.bincount(codes[rows])[np.unique(codes[rows])].min()))
+
+
 class _StackHead(ClassifierMixin, BaseEstimator):
     """Shared machinery of the vectorised heads. Subclasses set `_stack` and their defaults."""
 
@@ -170,16 +175,18 @@ class _StackHead(ClassifierMixin, BaseEstimator):
                       pad: bool) -> list[list[int]]:
         """Which row sets share stacks: sets of one size (no padding wasted on small budgets: a CPU is bound by
         the rows it reads), or with `pad` (a GPU, bound by kernel launches) every set that trains the same way,
-        padded to the largest, largest first: validated or not, the same kernel parts, the same number of folds
-        for layer_prior="auto", and full batches (a set that would train on minibatches keeps to its size)."""
+        padded to the largest, largest first: validated or not, the same kernel parts and number of landmarks,
+        the same number of folds for layer_prior="auto", and full batches (a set that would train on minibatches
+        keeps to its size)."""
         full_batch = self._config(1).batch_rows
         groups: dict[object, list[int]] = {}
         for i, rows in enumerate(row_sets):
             key: object = len(rows)
             if pad and len(rows) <= full_batch:
-                folds = min(4, int(np.bincount(codes[rows])[np.unique(codes[rows])].min())) \
-                    if self.layer_prior == "auto" else 0  # k as _select_priors takes it
-                key = (self._validates(codes, n_classes, [rows]), self._rich(codes, n_classes, [rows]), folds)
+                parts = self._kernels(self._rich(codes, n_classes, [rows]))
+                landmarks = min(self.n_landmarks, len(rows)) if "rbf" in parts else 0  # the kernel features' width
+                folds = _prior_folds(codes, rows) if self.layer_prior == "auto" else 0
+                key = (self._validates(codes, n_classes, [rows]), parts, landmarks, folds)
             groups.setdefault(key, []).append(i)
         return [sorted(members, key=lambda i: -len(row_sets[i])) for members in groups.values()]
 
@@ -198,7 +205,7 @@ class _StackHead(ClassifierMixin, BaseEstimator):
         """(S, L): per row set, the candidate prior with the lowest k-fold validation loss."""
         L = X.shape[1]
         candidates = self._candidate_priors(L)
-        k = int(min(4, min(np.bincount(codes[r], minlength=n_classes)[np.unique(codes[r])].min() for r in row_sets)))
+        k = min(_prior_folds(codes, r) for r in row_sets)
         if k < 2 or len(candidates) == 1:
             return np.repeat(candidates[:1], len(row_sets), axis=0)
         priors = np.repeat(candidates, k, axis=0)  # member m = candidate m // k, fold m % k
@@ -278,7 +285,7 @@ class _StackHead(ClassifierMixin, BaseEstimator):
             maps = [rbf_map(raw[s, :len(rows)], self.n_landmarks, seed)
                     for s, (rows, seed) in enumerate(zip(row_sets, seeds))]
             mapped = np.empty((*raw.shape[:3], maps[0]["map_projection"].shape[-1]), np.float32)
-            for s in range(S):  # sets of one stack have one size, so one number of landmarks
+            for s in range(S):  # sets of one stack have one number of landmarks (_stack_groups)
                 apply_map(raw[s], maps[s], out=mapped[s])
             raw = mapped
         gathered = prepare(raw, mode, inplace=True)  # (S, n_max, L, H), H the kernel features' width for rbf

@@ -62,6 +62,20 @@ def test_padded_stacks_of_mixed_sizes_equal_fits_alone(Head):
         np.testing.assert_allclose(est.layer_weights_, alone.layer_weights_, atol=1e-5)
 
 
+def test_padded_kernel_stacks_group_sets_by_their_number_of_landmarks():
+    X, y = toy(n=300)
+    row_sets = [sample_budget(y, per_class=k, random_state=0) for k in (5, 20, 30)]  # 15, 60, 90 rows
+    head = LayerAttention(kernel="rbf", n_landmarks=50, epochs_without_validation=20)
+    codes = np.unique(y, return_inverse=True)[1]
+    assert sorted(map(sorted, head._stack_groups(codes, 3, row_sets, pad=True))) == [[0], [1, 2]]
+    Xt, _ = toy(seed=5)
+    for state, rows in zip(head._fit_sets(X, codes, 3, row_sets, [0, 0, 0], pad=True), row_sets):
+        est = clone(head)
+        est._set_fitted(np.unique(y), X.shape, state)
+        np.testing.assert_allclose(est.predict_proba(Xt), clone(head).fit(X[rows], y[rows]).predict_proba(Xt),
+                                   atol=2e-4)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_fit_many_on_a_gpu_pads_budgets_into_one_stack_and_equals_fits_alone():
     X, y = toy(n=300)
