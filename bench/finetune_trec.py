@@ -26,8 +26,9 @@ from common import ROOT, SHARED, load
 from classify import LastLayerLogReg, LayerAttention, ScalarMix, sample_budget
 from extract import CorpusSpec
 from pipeline.compare import compare_runs
-from pipeline.finetune import FinetuneSettings, Task, finetune, read_corpus
+from pipeline.finetune import Task, finetune, read_corpus
 from pipeline.multitask import parse_task, run_multitask
+from pipeline.settings import FinetuneSettings
 
 OUT = ROOT / "runs" / "bench" / "finetune"
 

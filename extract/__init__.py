@@ -1,12 +1,41 @@
-"""Stage 1 of finetext: text → HDF5 cache of every layer's hidden states, pooled per document."""
-from extract.cache import Cache, describe_cache, open_cache, verify_cache
-from extract.corpus import CorpusSpec, iter_records, scan
-from extract.errors import CacheFormatError, CacheMismatchError, InputError
-from extract.pooling import POOLINGS, pool
-from extract.run import ExtractResult, ExtractSettings, extract_corpus
+"""Stage 1 of finetext: text → HDF5 cache of every layer's hidden states, pooled per document.
 
+Names load on first use (PEP 562), so importing `extract` for its errors or the cache reader does not import
+torch: `finetext --help` and `finetext info` start in a fraction of the time.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_MODULES = {  # public name -> the module of this package that defines it
+    "Cache": "cache", "POOLINGS": "cache", "describe_cache": "cache", "open_cache": "cache", "verify_cache": "cache",
+    "CorpusSpec": "corpus", "iter_records": "corpus", "scan": "corpus",
+    "CacheFormatError": "errors", "CacheMismatchError": "errors", "InputError": "errors",
+    "pool": "pooling",
+    "ExtractResult": "run", "ExtractSettings": "run", "extract_corpus": "run",
+}
 __all__ = [
     "Cache", "CacheFormatError", "CacheMismatchError", "CorpusSpec", "ExtractResult", "ExtractSettings",
     "InputError", "POOLINGS", "describe_cache", "extract_corpus", "iter_records", "open_cache", "pool", "scan",
     "verify_cache",
 ]
+
+if TYPE_CHECKING:
+    from extract.cache import POOLINGS, Cache, describe_cache, open_cache, verify_cache
+    from extract.corpus import CorpusSpec, iter_records, scan
+    from extract.errors import CacheFormatError, CacheMismatchError, InputError
+    from extract.pooling import pool
+    from extract.run import ExtractResult, ExtractSettings, extract_corpus
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULES:
+        raise AttributeError(f"module 'extract' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"extract.{_MODULES[name]}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -21,6 +21,7 @@ from extract.errors import CacheFormatError, InputError
 
 FORMAT = "finetext-cache"
 SCHEMA_VERSION = 1
+POOLINGS = ("mean", "cls", "last", "max")  # the pooled arrays a cache can hold, features/<pooling>, in this order
 CHUNK_BYTES = 1 << 20  # ~1 MiB chunks: small enough for row subsets, large enough for fast scans
 _JSON_ATTRS = ("poolings", "token_layers", "library_versions", "corpus", "skipped", "settings")
 

@@ -5,7 +5,7 @@ from typing import Sequence
 
 import torch
 
-POOLINGS = ("mean", "cls", "last", "max")
+from extract.cache import POOLINGS
 
 
 def first_real(mask: torch.Tensor) -> torch.Tensor:

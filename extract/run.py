@@ -16,11 +16,11 @@ import torch
 from tqdm.auto import tqdm
 
 from extract.batching import pad_right, token_budget_batches
-from extract.cache import SCHEMA_VERSION, FORMAT, ShardStore, partial_dir, read_attrs, write_cache
+from extract.cache import FORMAT, POOLINGS, SCHEMA_VERSION, ShardStore, partial_dir, read_attrs, write_cache
 from extract.corpus import CorpusSpec, Record, iter_records, scan
 from extract.encoder import COMPUTE_DTYPES, ModelInfo, describe_model, load_model, resolve_device, resolve_model
 from extract.errors import CacheMismatchError, InputError
-from extract.pooling import POOLINGS, pool
+from extract.pooling import pool
 
 STORAGE_DTYPES = ("float16", "float32")
 CHARS_PER_TOKEN_CAP = 32  # texts are cut to max_length * 32 characters before tokenising: bounded memory

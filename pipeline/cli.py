@@ -5,8 +5,9 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
-from extract import CacheFormatError, CacheMismatchError, InputError, POOLINGS
-from pipeline.sweep import HEADS, head_params
+from extract.cache import POOLINGS
+from extract.errors import CacheFormatError, CacheMismatchError, InputError
+from pipeline.settings import CACHED_HEADS, FINETUNE_HEADS, PRECISIONS, FinetuneSettings
 
 HEAD_DEVICE_HELP = ("where scalar-mix and layer-attention train: cpu (default), cuda, cuda:N, mps or auto; "
                     "a GPU gives the same heads up to rounding")
@@ -114,7 +115,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _sweep(args: argparse.Namespace) -> int:
     from pipeline.report import summarize, summary_table
-    from pipeline.sweep import SweepConfig, _read_cells, run_sweep
+    from pipeline.sweep import HEADS, SweepConfig, _read_cells, head_params, run_sweep
 
     if args.config:
         given = [f"--{k}" for k in head_params(list(HEADS), args.precision, args.kernel).get("layer-attention", {})]
@@ -139,6 +140,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from pipeline.sweep import head_params
     from pipeline.workflows import train_head
 
     path = train_head(args.train, args.head, args.output, budget=args.budget, seed=args.seed,
@@ -199,7 +201,6 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _finetune_settings(args: argparse.Namespace):
-    from pipeline.finetune import FinetuneSettings
 
     return FinetuneSettings(
         head=args.head, pooling=args.pooling, max_length=args.max_length or FinetuneSettings.max_length,
@@ -258,8 +259,6 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def add_finetune_options(p: argparse.ArgumentParser) -> None:
-    from pipeline.finetune import FINETUNE_HEADS, PRECISIONS, FinetuneSettings
-
     d = FinetuneSettings()
     p.add_argument("--model", default=None,
                    help="Hugging Face name or local folder (default: the packaged all-MiniLM-L6-v2)")
@@ -332,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", help="training cache")
     p.add_argument("--test", help="test cache (default: a stratified split of the training cache)")
     p.add_argument("--test-fraction", type=float, default=0.2, help="split size when there is no --test")
-    p.add_argument("--heads", type=_csv_list, default=list(HEADS), help=f"comma-separated: {', '.join(HEADS)}")
+    p.add_argument("--heads", type=_csv_list, default=list(CACHED_HEADS),
+                   help=f"comma-separated: {', '.join(CACHED_HEADS)}")
     p.add_argument("--budgets", type=_csv_list, default=["4", "8", "16", "32", "64"],
                    help="comma-separated labels per class (or in total, see --budget-mode); 'all' too")
     p.add_argument("--budget-mode", default="per-class", choices=["per-class", "total"])
@@ -349,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="fit one head on a cache and save it")
     p.add_argument("--train", required=True, help="training cache")
-    p.add_argument("--head", default="layer-attention", choices=list(HEADS))
+    p.add_argument("--head", default="layer-attention", choices=list(CACHED_HEADS))
     p.add_argument("--output", "-o", required=True, help="folder for the saved head")
     p.add_argument("--budget", type=int, default=None, help="labels per class (default: all)")
     p.add_argument("--seed", type=int, default=0)

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from extract import CorpusSpec, InputError, extract_corpus, open_cache
-from pipeline.finetune import FinetuneSettings, Task, finetune, read_corpus
+from pipeline.finetune import Task, finetune, read_corpus
+from pipeline.settings import FinetuneSettings
 from pipeline.sweep import _publish_text, budget_rows
 
 

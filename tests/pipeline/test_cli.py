@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,6 +55,26 @@ def test_help_lists_the_commands(capsys):
     out = capsys.readouterr().out
     for command in all_options():
         assert command in out
+
+
+def test_the_parser_and_info_load_neither_torch_nor_scikit_learn(tmp_path, small_csv, tiny_bert):
+    """`finetext --help` and `finetext info` start in a fraction of a second: the heavy libraries load with the
+    commands that use them."""
+    cache = tmp_path / "c.h5"
+    assert main(["extract", str(small_csv), "--model", str(tiny_bert), "--output", str(cache)]) == 0
+    heavy = ("torch", "sklearn", "transformers")
+    probe = ("import sys; from pipeline.cli import build_parser, main; build_parser(); "
+             f"assert main(['info', {str(cache)!r}]) == 0; print([m for m in {heavy!r} if m in sys.modules])")
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                         cwd=README.parent)
+    assert run.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_cached_head_names_are_the_sweeps():
+    from pipeline.settings import CACHED_HEADS
+    from pipeline.sweep import HEADS
+
+    assert tuple(HEADS) == CACHED_HEADS
 
 
 def test_registered_names_resolve_to_the_verified_mirror(tmp_path, monkeypatch):

@@ -9,7 +9,8 @@ import pytest
 from extract import CorpusSpec, InputError
 from extract.corpus import Record
 from pipeline.cli import main
-from pipeline.finetune import FinetuneSettings, Task, finetune, read_corpus, save_finetuned, train_finetune
+from pipeline.finetune import Task, finetune, read_corpus, save_finetuned, train_finetune
+from pipeline.settings import FinetuneSettings
 from pipeline.multitask import TaskSource, run_multitask
 from pipeline.workflows import evaluate_head, predict_texts
 from tests.conftest import write_csv
