@@ -49,6 +49,7 @@ from classify.budget import stratified_folds
 from classify.features import (NORMALIZATIONS, check_features, check_known_labels, normalised, normalization_stats,
                                prepare, unit_length)
 from classify.kernel import MAP_KEYS, apply_map, rbf_map
+from classify.persist import SaveLoadMixin
 from classify.priors import LAST_LAYER_PRIOR, cv_prior, probe_prior
 from classify.stack import (LayerAttentionStack, ScalarMixStack, TrainConfig, layer_major, train_stack,
                             validation_loss)
@@ -79,7 +80,7 @@ def _prior_folds(codes: np.ndarray, rows: np.ndarray) -> int:
     return int(min(4, np.bincount(codes[rows])[np.unique(codes[rows])].min()))
 
 
-class _StackHead(ClassifierMixin, BaseEstimator):
+class _StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
     """Shared machinery of the vectorised heads. Subclasses set `_stack` and their defaults."""
 
     _stack: type[torch.nn.Module] = ScalarMixStack
@@ -424,23 +425,6 @@ class _StackHead(ClassifierMixin, BaseEstimator):
         return self._mean_over_parts(X, lambda module, x: module.layer_weights(x))
 
     # --- persistence (see persist.py) --------------------------------------------------------------------
-
-    def save(self, directory: str, feature_info: dict[str, Any] | None = None) -> None:
-        """Write config.json + weights.safetensors into `directory` (replaced atomically)."""
-        from classify.persist import save_head
-
-        check_is_fitted(self, "state_")
-        save_head(self, directory, feature_info)
-
-    @classmethod
-    def load(cls, directory: str) -> "_StackHead":
-        """Read a head written by save(); nothing in the folder can execute code."""
-        from classify.persist import load_head
-
-        head = load_head(directory)
-        if not isinstance(head, cls):
-            raise TypeError(f"{directory} holds a {type(head).__name__}, not a {cls.__name__}.")
-        return head
 
     def _export(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         return dict(self.state_), {"layer_weights": self.layer_weights_.tolist(), "normalization": self.normalization_}

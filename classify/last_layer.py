@@ -11,9 +11,10 @@ from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
 from classify.features import check_features, check_known_labels
+from classify.persist import SaveLoadMixin
 
 
-class LastLayerLogReg(ClassifierMixin, BaseEstimator):
+class LastLayerLogReg(SaveLoadMixin, ClassifierMixin, BaseEstimator):
     """Logistic regression on the features of one layer (default the last).
 
     X: (n_docs, n_layers, hidden); only X[:, layer] is used. C and max_iter are scikit-learn's
@@ -62,19 +63,6 @@ class LastLayerLogReg(ClassifierMixin, BaseEstimator):
         """Accuracy; labels never seen in training are refused rather than silently counted wrong."""
         check_is_fitted(self)
         return super().score(X, check_known_labels(self.classes_, y), sample_weight)
-
-    def save(self, directory: str, feature_info: dict[str, Any] | None = None) -> None:
-        """Write config.json + weights.safetensors into `directory` (replaced atomically)."""
-        from classify.persist import save_head
-
-        check_is_fitted(self, "model_")
-        save_head(self, directory, feature_info)
-
-    @classmethod
-    def load(cls, directory: str) -> "LastLayerLogReg":
-        from classify.persist import load_head
-
-        return load_head(directory)
 
     def _export(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         return {"coef": self.model_.coef_, "intercept": self.model_.intercept_}, {}

@@ -6,10 +6,11 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
+from sklearn.utils.validation import check_is_fitted
 
 FORMAT = "finetext-head"
 VERSION = 1
@@ -21,6 +22,28 @@ def _registry() -> dict[str, type]:
     from classify.token_attention import TokenLayerAttention
 
     return {cls.__name__: cls for cls in (LastLayerLogReg, ScalarMix, LayerAttention, TokenLayerAttention)}
+
+
+class SaveLoadMixin:
+    """`save(dir)` and `Head.load(dir)` for every head, also under Hugging Face's names `save_pretrained` and
+    `from_pretrained`."""
+
+    def save(self, directory: str | os.PathLike, feature_info: dict[str, Any] | None = None) -> Path:
+        """Write config.json + weights.safetensors into `directory` (replaced atomically); returns its path."""
+        check_is_fitted(self)
+        return save_head(self, directory, feature_info)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> Self:
+        """Read a head written by save(); nothing in the folder can execute code."""
+        head = load_head(directory)
+        if not isinstance(head, cls):
+            raise TypeError(f"{directory} holds a {type(head).__name__}, not a {cls.__name__}: load it with "
+                            f"{type(head).__name__}.load or classify.load_head.")
+        return head
+
+    save_pretrained = save
+    from_pretrained = load
 
 
 def _plain(value: Any) -> Any:

@@ -12,6 +12,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
 from classify.features import check_known_labels
+from classify.persist import SaveLoadMixin
 from classify.stack import SELECTOR_L2, LayerAttentionStack
 
 
@@ -46,7 +47,7 @@ def _ragged(docs: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(np.concatenate(docs)), torch.from_numpy(segment)
 
 
-class TokenLayerAttention(ClassifierMixin, BaseEstimator):
+class TokenLayerAttention(SaveLoadMixin, ClassifierMixin, BaseEstimator):
     """Token attention within each layer (a learned query per layer), then LayerAttention across layers.
 
     X: a list of (n_tokens_i, n_layers, hidden) arrays (Cache.token_states()). Per layer l,
@@ -123,11 +124,6 @@ class TokenLayerAttention(ClassifierMixin, BaseEstimator):
     def score(self, X: object, y: object, sample_weight: object = None) -> float:
         check_is_fitted(self, "query_")
         return super().score(X, check_known_labels(self.classes_, y), sample_weight)
-
-    def save(self, directory: str, feature_info: dict[str, Any] | None = None) -> None:
-        from classify.persist import save_head
-
-        save_head(self, directory, feature_info)
 
     def _export(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         arrays = {f"selector.{k}": v.detach().numpy() for k, v in self.selector_.state_dict().items()}

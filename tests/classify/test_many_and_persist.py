@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
 
 from classify import (LastLayerLogReg, LayerAttention, ScalarMix, TokenLayerAttention, check_feature_source,
                       fit_many, load_head, sample_budget)
@@ -110,6 +111,17 @@ def test_save_load_round_trip(tmp_path, head):
         check_feature_source(loaded.feature_info_, {"model_id": "other"})
     head.save(tmp_path / "head")  # overwriting replaces the folder whole
     assert json.loads((tmp_path / "head" / "config.json").read_text())["feature_info"] == {}
+    # the class's own loader, and Hugging Face's names for the pair
+    assert head.save_pretrained(tmp_path / "hf") == tmp_path / "hf"
+    again = type(head).from_pretrained(tmp_path / "hf")
+    assert type(again) is type(head) and type(head).load(tmp_path / "head").get_params() == head.get_params()
+    np.testing.assert_array_equal(again.predict_proba(X), head.predict_proba(X))
+    other = ScalarMix if isinstance(head, LayerAttention) else LayerAttention
+    with pytest.raises(TypeError, match=f"holds a {type(head).__name__}, not a {other.__name__}"):
+        other.load(tmp_path / "head")
+    with pytest.raises(NotFittedError):
+        clone(head).save(tmp_path / "unfitted")
+    assert not (tmp_path / "unfitted").exists()
 
 
 def test_loading_refuses_what_is_not_a_head(tmp_path):
@@ -131,5 +143,5 @@ def test_token_layer_attention_learns_and_round_trips(tmp_path):
     head = TokenLayerAttention().fit(docs[:120], y[:120])
     assert head.score(docs[120:], y[120:]) >= 0.8
     head.save(tmp_path / "tok")
-    loaded = load_head(tmp_path / "tok")
+    loaded = TokenLayerAttention.load(tmp_path / "tok")
     np.testing.assert_array_equal(loaded.predict_proba(docs[120:]), head.predict_proba(docs[120:]))
