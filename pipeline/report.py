@@ -64,15 +64,39 @@ def _accuracy_cell(r: dict[str, Any]) -> str:
 
 
 def summary_table(summary: list[dict[str, Any]], cell: Callable[[dict[str, Any]], str] = _accuracy_cell,
-                  label: str = "head") -> str:
-    """Markdown: heads as rows, budgets as columns; by default accuracy % mean ± 95% CI."""
+                  label: str = "head", per_class: bool = True) -> str:
+    """Markdown: heads as rows, budgets as columns (labels per class, or in total); by default accuracy % mean
+    ± 95% CI."""
     heads = list(dict.fromkeys(r["head"] for r in summary))
     budgets = sorted({r["budget"] for r in summary}, key=_budget_key)
     rows = {(r["head"], r["budget"]): r for r in summary}
-    lines = [f"| {label} | " + " | ".join(f"{b}/class" if b != "all" else "all" for b in budgets) + " |",
+    unit = "/class" if per_class else " labels"
+    lines = [f"| {label} | " + " | ".join(f"{b}{unit}" if b != "all" else "all" for b in budgets) + " |",
              "|---|" + "---|" * len(budgets)]
     for h in heads:
         lines.append(f"| {h} | " + " | ".join(cell(rows[h, b]) if (h, b) in rows else "" for b in budgets) + " |")
+    return "\n".join(lines)
+
+
+def labels_needed(summary: list[dict[str, Any]], within: tuple[float, ...] = (5, 2, 1), per_class: bool = True) -> str:
+    """Markdown: per head, the fewest labels (mean over seeds) whose budget's mean accuracy comes within each of
+    `within` points of the best mean accuracy the sweep measured (any head, any budget, "all" included). Budgets
+    are taken as measured, not interpolated; "> N" when none came that close."""
+    best = max(summary, key=lambda r: r["accuracy"])
+
+    def labels(r: dict[str, Any]) -> str:
+        budget = "all" if r["budget"] == "all" else f"{r['budget']}/class" if per_class else None
+        return f"{r['n_train']:.0f}" + (f" ({budget})" if budget else "")
+
+    lines = [f"Labels needed: the fewest whose mean accuracy comes within k points of the best measured, "
+             f"{100 * best['accuracy']:.1f}% ({best['head']}, {labels(best)}).", "",
+             "| head | " + " | ".join(f"within {k:g} point{'' if k == 1 else 's'}" for k in within) + " |",
+             "|---|" + "---|" * len(within)]
+    for head in dict.fromkeys(r["head"] for r in summary):
+        rows = sorted((r for r in summary if r["head"] == head), key=lambda r: _budget_key(r["budget"]))
+        most = max(r["n_train"] for r in rows)
+        hits = [next((r for r in rows if 100 * (best["accuracy"] - r["accuracy"]) <= k + 1e-9), None) for k in within]
+        lines.append(f"| {head} | " + " | ".join(labels(hit) if hit else f"> {most:.0f}" for hit in hits) + " |")
     return "\n".join(lines)
 
 
@@ -188,11 +212,12 @@ def write_report(out: Path, cells: list[dict[str, Any]], config, data) -> dict[s
     _publish(paths["results.csv"], write_csv)
     _publish(paths["results.json"], lambda p: p.write_text(json.dumps(cells)))
     summary = summarize(cells)
-    table = summary_table(summary)
+    table = summary_table(summary, per_class=config.budget_mode == "per-class")
     buf = io.StringIO()
     buf.write(f"# Sweep summary\n\ntrain: `{config.train}`  test: `{config.test or f'{config.test_fraction:.0%} split'}`"
               f"  pooling: {config.pooling}  seeds: {config.seeds}  budgets: {config.budget_mode}\n\n")
     buf.write("Test accuracy (%), mean ± 95% confidence interval over seeds.\n\n" + table + "\n\n")
+    buf.write(labels_needed(summary, per_class=config.budget_mode == "per-class") + "\n\n")
     buf.write("| head | budget | labels | macro-F1 (%) | fit seconds |\n|---|---|---|---|---|\n")
     for r in summary:
         buf.write(f"| {r['head']} | {r['budget']} | {r['n_train']:.0f} | {100 * r['macro_f1']:.1f} ± "
