@@ -80,11 +80,17 @@ def _lines(path: Path, member: str | None) -> Iterator[bytes]:
             yield from f
 
 
-def _trec(path: Path, member: str | None, label_names: list[str] | None) -> Iterator[tuple[str, str]]:
-    """`COARSE:fine question` per line; the one non-UTF-8 byte (0xF0) is a space, as in Hugging Face's loader."""
+def _trec(path: Path, member: str | None, label_names: list[str] | None,
+          fine: bool = False) -> Iterator[tuple[str, str]]:
+    """`COARSE:fine question` per line, labelled COARSE (TREC-6) or `fine` COARSE:fine (TREC-50); the one
+    non-UTF-8 byte (0xF0) is a space, as in Hugging Face's loader."""
     for line in _lines(path, member):
         label, text = line.replace(b"\xf0", b" ").decode("utf-8").split(" ", 1)
-        yield text.strip(), label.split(":")[0]
+        yield text.strip(), label if fine else label.split(":")[0]
+
+
+def _trec_fine(path: Path, member: str | None, label_names: list[str] | None) -> Iterator[tuple[str, str]]:
+    return _trec(path, member, label_names, fine=True)
 
 
 def _stsa(path: Path, member: str | None, label_names: list[str] | None) -> Iterator[tuple[str, str]]:
@@ -116,7 +122,7 @@ def _aclimdb(path: Path, member: str | None, label_names: list[str] | None) -> I
 
 
 FORMATS: dict[str, Callable[[Path, str | None, list[str] | None], Iterator[tuple[str, str]]]] = {
-    "trec": _trec, "stsa": _stsa, "zhang-csv": _zhang_csv, "aclimdb": _aclimdb}
+    "trec": _trec, "trec-fine": _trec_fine, "stsa": _stsa, "zhang-csv": _zhang_csv, "aclimdb": _aclimdb}
 
 
 def _write_rows(rows: Iterator[tuple[str, str]], dest: Path, expected_rows: int | None = None) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 import pipeline.registry as reg
 from extract import InputError
-from pipeline.download import fetch, sha256_of
+from pipeline.download import FORMATS, fetch, sha256_of
 from tests.conftest import shared_data
 
 
@@ -66,6 +66,19 @@ def test_sst2_test_and_banking77_convert_to_their_registered_files(tmp_path):
     assert sha256_of(fetch("sst2", "test", entry, tmp_path, progress=False)) == entry["splits"]["test"]["sha256"]
     entry = _entry("banking77", test=banking / "test.csv")
     assert sha256_of(fetch("banking77", "test", entry, tmp_path, progress=False)) == entry["splits"]["test"]["sha256"]
+
+
+def test_trec50_keeps_the_fine_labels_of_the_same_questions(tmp_path):
+    original, trec = shared_data("trec") / "original", shared_data("trec")
+    for split, name in (("train", "train_5500.label"), ("test", "TREC_10.label")):
+        entry = _entry("trec50", **{split: original / name})
+        path = fetch("trec50", split, entry, tmp_path, progress=False)
+        assert sha256_of(path) == entry["splits"][split]["sha256"]
+        fine, coarse = ([*csv.DictReader(p.open(newline="", encoding="utf-8"))] for p in (path, trec / f"{split}.csv"))
+        assert [r["text"] for r in fine] == [r["text"] for r in coarse]
+        assert all(f["label"].split(":")[0] == c["label"] for f, c in zip(fine, coarse))
+        assert {r["label"] for r in fine} <= set(entry["label_names"])
+    assert len({r["label"] for r in fine}) == 42 and len(entry["label_names"]) == 50
 
 
 def test_a_download_with_another_sha256_is_refused_and_nothing_is_kept(tmp_path, local_registry):
@@ -141,7 +154,7 @@ def test_every_registered_source_is_complete():
                 assert entry.get("builtin"), f"{name} {split} has no source"
                 continue
             assert len(source["sha256"]) == 64 and source["bytes"] > 0 and source["url"].startswith("https://")
-            assert source["format"] in ("copy", "trec", "stsa", "zhang-csv", "aclimdb")
+            assert source["format"] == "copy" or source["format"] in FORMATS
 
 
 def test_the_datasets_command_lists_every_split_and_fetches_by_name(tmp_path, monkeypatch, capsys):
