@@ -74,7 +74,8 @@ def test_trec50_keeps_the_fine_labels_of_the_same_questions(tmp_path):
         entry = _entry("trec50", **{split: original / name})
         path = fetch("trec50", split, entry, tmp_path, progress=False)
         assert sha256_of(path) == entry["splits"][split]["sha256"]
-        fine, coarse = ([*csv.DictReader(p.open(newline="", encoding="utf-8"))] for p in (path, trec / f"{split}.csv"))
+        fine, coarse = ([*csv.DictReader(p.open(newline="", encoding="utf-8"))]
+                        for p in (path, trec / f"{split}.csv"))
         assert [r["text"] for r in fine] == [r["text"] for r in coarse]
         assert all(f["label"].split(":")[0] == c["label"] for f, c in zip(fine, coarse))
         assert {r["label"] for r in fine} <= set(entry["label_names"])
