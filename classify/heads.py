@@ -341,12 +341,15 @@ class _StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
         return "standard" if validated and kernel == "linear" else "layer"
 
     def _validates(self, codes: np.ndarray, n_classes: int, row_sets: Sequence[np.ndarray]) -> bool:
-        """Whether the ensemble early-stops on folds: on average min_val_per_class labels per class or more,
-        and every class in every fold."""
+        """Whether the ensemble early-stops on folds: on average min_val_per_class labels per class or more, and
+        every class in every member's training rows (2 or more rows: the folds deal each class's rows round-robin
+        and a member leaves out one fold). A class with fewer rows than members is missing from some validation
+        folds, which is fine: TREC-50 has classes of 4 among 5,452 questions, and requiring every class in every
+        fold made its fit on all the labels a single unvalidated member (81.4% against 87.0% validated)."""
         if self.validation != "auto" or self.n_members < 2:
             return False
         counts = [np.bincount(codes[r], minlength=n_classes)[np.unique(codes[r])] for r in row_sets]
-        return all(c.mean() >= self.min_val_per_class and c.min() >= self.n_members for c in counts)
+        return all(c.mean() >= self.min_val_per_class and c.min() >= 2 for c in counts)
 
     def fit(self, X: object, y: object) -> "_StackHead":
         """Fit on X (n_docs, n_layers, hidden) and labels y of any type. Returns self."""

@@ -160,6 +160,17 @@ def test_validation_folds_train_members_that_early_stop():
     assert (stopped.state_["best_epoch"] < 150).all()
 
 
+def test_a_class_smaller_than_the_ensemble_still_validates_but_one_row_does_not():
+    X, y = toy(n=300)
+    rare = np.flatnonzero(y == "neu")
+    kw = {"min_val_per_class": 20, "n_members": 3, "max_epochs": 60, "patience": 5}
+    for keep, members in ((2, 3), (1, 1)):  # 2 rows: in every member's training rows; 1: not
+        rows = np.setdiff1d(np.arange(len(y)), rare[keep:])
+        head = LayerAttention(**kw).fit(X[rows], y[rows])
+        assert head.state_["b"].shape[1] == members
+        assert head.normalization_["linear"] == ("standard" if keep == 2 else "layer")
+
+
 def test_layer_prior_auto_chooses_by_cross_validation():
     X, y = toy(n=200)
     X[:, -1] = X[:, 2]  # the last layer carries the signal too: the last-layer prior must not lose
