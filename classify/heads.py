@@ -50,7 +50,7 @@ from classify.features import (NORMALIZATIONS, check_features, check_known_label
                                prepare, unit_length)
 from classify.kernel import MAP_KEYS, apply_map, rbf_map
 from classify.persist import SaveLoadMixin
-from classify.priors import LAST_LAYER_PRIOR, cv_prior, probe_prior
+from classify.priors import LAST_LAYER_PRIOR, cv_prior, last_layer_loses, probe_prior
 from classify.stack import (LayerAttentionStack, ScalarMixStack, TrainConfig, layer_major, train_stack,
                             validation_loss)
 
@@ -113,7 +113,7 @@ class _StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
     # --- checking ---------------------------------------------------------------------------------------
 
     def _check_params(self) -> None:
-        choices = {"normalize": ("auto", *NORMALIZATIONS), "validation": ("auto", "none"),
+        choices = {"normalize": ("auto", "cv", *NORMALIZATIONS), "validation": ("auto", "none"),
                    "class_weight": (None, "balanced"), "layer_prior": ("auto", "uniform", "last", "probe", "cv"),
                    "precision": ("fp32", "bf16"), "kernel": ("auto", "linear", "rbf", "both")}
         for name, allowed in choices.items():
@@ -160,34 +160,53 @@ class _StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
         on_cpu = self._torch_device().type == "cpu"
         limit = MAX_STACK_BYTES if on_cpu else MAX_STACK_BYTES_GPU
         states: list[dict[str, np.ndarray] | None] = [None] * len(row_sets)
-        for members in self._stack_groups(codes, n_classes, row_sets, pad=not on_cpu if pad is None else pad):
+        modes = self._set_modes(X, codes, n_classes, row_sets, seeds)
+        for members in self._stack_groups(codes, n_classes, row_sets, pad=not on_cpu if pad is None else pad,
+                                          modes=modes):
             size = max(len(row_sets[i]) for i in members)
             rbf = "rbf" in self._kernels(self._rich(codes, n_classes, [row_sets[i] for i in members]))
             width = max(H, self.n_landmarks) if rbf else H  # features per layer, the wider part's
             step = max(1, limit // (size * L * width * 4))
             for start in range(0, len(members), step):
                 chunk = members[start:start + step]
-                fitted = self._fit_stack(X, codes, n_classes, [row_sets[i] for i in chunk], [seeds[i] for i in chunk])
+                fitted = self._fit_stack(X, codes, n_classes, [row_sets[i] for i in chunk], [seeds[i] for i in chunk],
+                                         mode=modes[chunk[0]])
                 for i, state in zip(chunk, fitted):
                     states[i] = state
         return states
 
+    def _set_modes(self, X: np.ndarray, codes: np.ndarray, n_classes: int, row_sets: Sequence[np.ndarray],
+                   seeds: Sequence[int]) -> list[str | None]:
+        """Per row set, the linear part's normalisation when `normalize="cv"` decides it: for a set that does not
+        validate, "standard" when another layer predicts its labelled rows better than the last one
+        (priors.last_layer_loses, on the "layer" features), else "layer". None: `_normalization` decides."""
+        if self.normalize != "cv":
+            return [None] * len(row_sets)
+        def mode(rows: np.ndarray, seed: int) -> str | None:
+            if self._validates(codes, n_classes, [rows]):
+                return None
+            compact = np.unique(codes[rows], return_inverse=True)[1]  # class indices of these rows: 0..C'-1
+            return "standard" if last_layer_loses(normalised(X[rows], "layer"), compact, seed) else "layer"
+
+        return [mode(rows, seed) for rows, seed in zip(row_sets, seeds)]
+
     def _stack_groups(self, codes: np.ndarray, n_classes: int, row_sets: Sequence[np.ndarray],
-                      pad: bool) -> list[list[int]]:
+                      pad: bool, modes: Sequence[str | None] | None = None) -> list[list[int]]:
         """Which row sets share stacks: sets of one size (no padding wasted on small budgets: a CPU is bound by
         the rows it reads), or with `pad` (a GPU, bound by kernel launches) every set that trains the same way,
         padded to the largest, largest first: validated or not, the same kernel parts and number of landmarks,
         the same number of folds for layer_prior="auto", and full batches (a set that would train on minibatches
-        keeps to its size)."""
+        keeps to its size). Either way a stack holds one normalisation (`modes`, see _set_modes)."""
         full_batch = self._config(1).batch_rows
         groups: dict[object, list[int]] = {}
+        modes = modes or [None] * len(row_sets)
         for i, rows in enumerate(row_sets):
-            key: object = len(rows)
+            key: object = (len(rows), modes[i])
             if pad and len(rows) <= full_batch:
                 parts = self._kernels(self._rich(codes, n_classes, [rows]))
                 landmarks = min(self.n_landmarks, len(rows)) if "rbf" in parts else 0  # the kernel features' width
                 folds = _prior_folds(codes, rows) if self.layer_prior == "auto" else 0
-                key = (self._validates(codes, n_classes, [rows]), parts, landmarks, folds)
+                key = (self._validates(codes, n_classes, [rows]), parts, landmarks, folds, modes[i])
             groups.setdefault(key, []).append(i)
         return [sorted(members, key=lambda i: -len(row_sets[i])) for members in groups.values()]
 
@@ -202,7 +221,7 @@ class _StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
         return np.stack([np.zeros(L, np.float32), last])
 
     def _select_priors(self, X: np.ndarray, codes: np.ndarray, n_classes: int, row_sets: Sequence[np.ndarray],
-                       seeds: Sequence[int]) -> np.ndarray:
+                       seeds: Sequence[int], mode: str | None = None) -> np.ndarray:
         """(S, L): per row set, the candidate prior with the lowest k-fold validation loss."""
         L = X.shape[1]
         candidates = self._candidate_priors(L)
@@ -211,15 +230,15 @@ class _StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
             return np.repeat(candidates[:1], len(row_sets), axis=0)
         priors = np.repeat(candidates, k, axis=0)  # member m = candidate m // k, fold m % k
         folds = [np.tile(np.arange(k), len(candidates)) for _ in row_sets]
-        _, losses = self._train(X, codes, n_classes, row_sets, seeds, priors=priors, folds=folds, n_folds=k)
+        _, losses = self._train(X, codes, n_classes, row_sets, seeds, priors=priors, folds=folds, n_folds=k, mode=mode)
         per_candidate = losses.reshape(len(row_sets), len(candidates), k).mean(-1)  # (S, n_candidates)
         return candidates[per_candidate.argmin(-1)]
 
     def _fit_stack(self, X: np.ndarray, codes: np.ndarray, n_classes: int, row_sets: Sequence[np.ndarray],
-                   seeds: Sequence[int]) -> list[dict[str, np.ndarray]]:
+                   seeds: Sequence[int], mode: str | None = None) -> list[dict[str, np.ndarray]]:
         priors = None
         if self.layer_prior == "auto":
-            priors = self._select_priors(X, codes, n_classes, row_sets, seeds)  # (S, L)
+            priors = self._select_priors(X, codes, n_classes, row_sets, seeds, mode)  # (S, L)
         elif self.layer_prior == "probe":
             priors = np.stack([probe_prior(X[r], codes[r], n_classes) for r in row_sets])
         elif self.layer_prior == "last":
@@ -229,7 +248,8 @@ class _StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
             priors = np.stack([cv_prior(normalised(X[r], mode), codes[r], seed) for r, seed in zip(row_sets, seeds)])
         states: list[dict[str, np.ndarray]] = [{} for _ in row_sets]
         for kernel in self._kernels(self._rich(codes, n_classes, row_sets)):  # one ensemble per part
-            part, _ = self._train(X, codes, n_classes, row_sets, seeds, set_priors=priors, kernel=kernel)
+            part, _ = self._train(X, codes, n_classes, row_sets, seeds, set_priors=priors, kernel=kernel,
+                                  mode=mode if kernel == "linear" else None)
             for state, fitted in zip(states, part):
                 state.update({KERNELS[kernel] + k: v for k, v in fitted.items()})
         return states
@@ -247,16 +267,17 @@ class _StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
 
     def _train(self, X: np.ndarray, codes: np.ndarray, n_classes: int, row_sets: Sequence[np.ndarray],
                seeds: Sequence[int], *, priors: np.ndarray | None = None, set_priors: np.ndarray | None = None,
-               folds: list[np.ndarray] | None = None, n_folds: int = 0,
-               kernel: str = "linear") -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
-        """One stack. priors (M, L): one per member (selection); set_priors (S, L): one per set.
+               folds: list[np.ndarray] | None = None, n_folds: int = 0, kernel: str = "linear",
+               mode: str | None = None) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
+        """One stack. priors (M, L): one per member (selection); set_priors (S, L): one per set; mode: the
+        normalisation, if not _normalization's.
 
         With `folds` (one member → fold map per set), member m trains without fold folds[s][m] and its
         validation loss is returned (S, M); otherwise members are the ensemble (validated when labels allow).
         kernel "rbf": the heads train on each set's own RBF map of its rows (kernel.py), kept in its state.
         """
         use_val = folds is None and self._validates(codes, n_classes, row_sets)
-        mode = self._normalization(use_val, kernel)
+        mode = mode or self._normalization(use_val, kernel)
         # without validation folds every member would see the same rows and reach the same optimum
         S, M = len(row_sets), (len(folds[0]) if folds is not None else self.n_members if use_val else 1)
         n_max = max(len(r) for r in row_sets)
@@ -336,7 +357,7 @@ class _StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
     def _normalization(self, validated: bool, kernel: str = "linear") -> str:
         """`normalize`, or for "auto": "standard" when the ensemble validates on the layers as they are, "layer"
         with few labels and on kernel features (there, on all of TREC-6: 95.0 against 94.0 standardised, seed 0)."""
-        if self.normalize != "auto":
+        if self.normalize not in ("auto", "cv"):
             return self.normalize
         return "standard" if validated and kernel == "linear" else "layer"
 

@@ -14,6 +14,7 @@ LAST_LAYER_PRIOR = 4.0  # prior score of the last layer in the last-layer-heavy 
 PROBE_PRIOR = 2.0  # prior score of the worst single layer under layer_prior="probe" (the best gets 0)
 CV_PRIOR_SCALE = 0.1  # layer_prior="cv": prior score per nat of a layer's cross-validated log-likelihood
 CV_PRIOR_FLOOR = -20.0  # ... and the lowest score it gives a layer
+LAST_LAYER_GAP = 0.01  # normalize="cv": nats per row by which another layer must beat the last one (see heads.py)
 
 
 def probe_prior(X: np.ndarray, codes: np.ndarray, n_classes: int, strength: float = PROBE_PRIOR) -> np.ndarray:
@@ -40,25 +41,39 @@ def probe_prior(X: np.ndarray, codes: np.ndarray, n_classes: int, strength: floa
     return (strength * (accuracy - accuracy.max()) / spread).astype(np.float32)
 
 
-def cv_prior(Z: np.ndarray, codes: np.ndarray, seed: int, scale: float = CV_PRIOR_SCALE) -> np.ndarray:
-    """(L,) selector prior from how well each layer alone predicts the labelled rows: the k-fold cross-validated
-    log-likelihood (summed over rows) of a logistic regression on that layer, times `scale`, the best layer at 0.
-    Z: (n, L, H) features normalised as the head sees them; codes: (n,) class indices; k = min(4, smallest
-    class). With one row in some class there is nothing to hold out: uniform (zeros).
-    """
+def cv_loglik(Z: np.ndarray, codes: np.ndarray, seed: int) -> np.ndarray | None:
+    """(L,) how well each layer alone predicts the labelled rows: the k-fold cross-validated log-likelihood,
+    summed over rows, of a logistic regression on that layer. Z: (n, L, H) features normalised as the head sees
+    them; codes: (n,) class indices; k = min(4, smallest class). None with one row in some class (nothing to
+    hold out)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from threadpoolctl import threadpool_limits
 
     k = int(min(4, np.bincount(codes).min()))
     if k < 2:
-        return np.zeros(Z.shape[1], np.float32)
+        return None
     folds = StratifiedKFold(k, shuffle=True, random_state=seed)
     rows = np.arange(len(codes))
     with threadpool_limits(1, user_api="blas"):  # many small fits: one BLAS thread is faster (bench/blas_threads.py)
-        loglik = np.array([np.log(cross_val_predict(LogisticRegression(max_iter=500), Z[:, layer], codes, cv=folds,
-                                                    method="predict_proba")[rows, codes] + 1e-9).sum()
-                           for layer in range(Z.shape[1])])  # (L,)
+        return np.array([np.log(cross_val_predict(LogisticRegression(max_iter=500), Z[:, layer], codes, cv=folds,
+                                                  method="predict_proba")[rows, codes] + 1e-9).sum()
+                         for layer in range(Z.shape[1])])
+
+
+def cv_prior(Z: np.ndarray, codes: np.ndarray, seed: int, scale: float = CV_PRIOR_SCALE) -> np.ndarray:
+    """(L,) selector prior: each layer's cross-validated log-likelihood (cv_loglik) times `scale`, the best
+    layer at 0; uniform (zeros) when a class has one row."""
+    loglik = cv_loglik(Z, codes, seed)
+    if loglik is None:
+        return np.zeros(Z.shape[1], np.float32)
     # floored: a weight of e^-20 is already nothing, and far smaller ones turn into denormal floats in the
     # backward pass, which ran 40x slower (banking77, 32/class)
     return np.maximum(scale * (loglik - loglik.max()), CV_PRIOR_FLOOR).astype(np.float32)
+
+
+def last_layer_loses(Z: np.ndarray, codes: np.ndarray, seed: int, gap: float = LAST_LAYER_GAP) -> bool:
+    """Whether some layer predicts the labelled rows better than the last one, by more than `gap` nats of
+    cross-validated log-likelihood per row (cv_loglik). False when a class has one row."""
+    loglik = cv_loglik(Z, codes, seed)
+    return loglik is not None and bool((loglik.max() - loglik[-1]) / len(codes) > gap)

@@ -171,6 +171,20 @@ def test_a_class_smaller_than_the_ensemble_still_validates_but_one_row_does_not(
         assert head.normalization_["linear"] == ("standard" if keep == 2 else "layer")
 
 
+def test_normalize_cv_standardises_only_when_another_layer_beats_the_last():
+    X, y = toy(n=200)  # the labels live in layer 2; the last layer is noise
+    kw = {"normalize": "cv", "epochs_without_validation": 50}
+    assert LayerAttention(**kw).fit(X, y).normalization_["linear"] == "standard"
+    X[:100, -1] = 2 * X[:100, 2]  # the first half's last layer carries them too
+    both = fit_many(LayerAttention(**kw), X, y, [np.arange(100), np.arange(100, 200)], seeds=[0, 1])
+    assert [h.normalization_["linear"] for h in both] == ["layer", "standard"]
+    for head, rows, seed in zip(both, [np.arange(100), np.arange(100, 200)], [0, 1]):  # one call = fits alone
+        alone = LayerAttention(**kw, random_state=seed).fit(X[rows], y[rows])
+        np.testing.assert_allclose(head.predict_proba(X), alone.predict_proba(X), atol=1e-6)
+    validated = LayerAttention(normalize="cv", min_val_per_class=20, n_members=3, max_epochs=30).fit(*toy(n=300))
+    assert validated.normalization_["linear"] == "standard"  # with enough labels, as "auto"
+
+
 def test_layer_prior_auto_chooses_by_cross_validation():
     X, y = toy(n=200)
     X[:, -1] = X[:, 2]  # the last layer carries the signal too: the last-layer prior must not lose

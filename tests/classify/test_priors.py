@@ -7,7 +7,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 from classify.features import layer_stats, normalised
-from classify.priors import cv_prior, probe_prior
+from classify.priors import cv_loglik, cv_prior, last_layer_loses, probe_prior
 from tests.classify.test_heads import toy
 
 
@@ -46,3 +46,16 @@ def test_cv_prior_is_each_layers_cross_validated_log_likelihood():
     assert cv_prior(Z, codes, seed=3, scale=100.0).min() == -20.0  # floored: no denormal weights in training
     one_per_class = cv_prior(Z[:3], np.array([0, 1, 2]), seed=0)  # nothing to hold out: uniform
     assert np.array_equal(one_per_class, np.zeros(4, np.float32))
+
+
+def test_last_layer_loses_by_more_than_the_gap_per_row():
+    X, y = toy(n=48)  # layer 2 carries the labels, the last layer is noise
+    codes = np.unique(y, return_inverse=True)[1]
+    Z = normalised(X, "layer")
+    loglik = cv_loglik(Z, codes, seed=3)
+    per_row = (loglik.max() - loglik[-1]) / 48
+    assert per_row > 0.1 and last_layer_loses(Z, codes, seed=3)
+    assert not last_layer_loses(Z, codes, seed=3, gap=per_row)  # not by more than its own gap
+    Z[:, -1] = Z[:, 2]  # the last layer as good as the best: it does not lose
+    assert not last_layer_loses(Z, codes, seed=3)
+    assert not last_layer_loses(Z[:3], np.array([0, 1, 2]), seed=0)  # nothing to hold out
