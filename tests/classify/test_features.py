@@ -35,7 +35,7 @@ def test_other_normalisations(mode):
 
 def test_auto_normalisation_is_layer_with_few_labels_and_standard_when_validated(tmp_path):
     X, y = toy(n=120)
-    few = LayerAttention(random_state=0).fit(X[:30], y[:30])  # ~10 per class: no validation
+    few = LayerAttention(normalize="auto", random_state=0).fit(X[:30], y[:30])  # ~10 per class: no validation
     many = LayerAttention(n_members=3, min_val_per_class=20, max_epochs=40, n_landmarks=100, random_state=0).fit(X, y)
     assert few.normalization_ == {"linear": "layer"} and few.state_["b"].shape[1] == 1
     # validated: a linear ensemble on standardised layers and an RBF one on layer-normalised kernel features
