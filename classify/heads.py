@@ -359,8 +359,9 @@ class _StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
                 for s, rows in enumerate(row_sets)], losses
 
     def _normalization(self, validated: bool, kernel: str = "linear") -> str:
-        """`normalize`, or for "auto": "standard" when the ensemble validates on the layers as they are, "layer"
-        with few labels and on kernel features (there, on all of TREC-6: 95.0 against 94.0 standardised, seed 0)."""
+        """`normalize`, or for "auto" and "cv": "standard" when the ensemble validates on the layers as they are,
+        "layer" with few labels and on kernel features (there, on all of TREC-6: 95.0 against 94.0 standardised,
+        seed 0). With few labels "cv" may choose "standard" per row set instead (_set_modes)."""
         if self.normalize not in ("auto", "cv"):
             return self.normalize
         return "standard" if validated and kernel == "linear" else "layer"
