@@ -186,6 +186,7 @@ class _StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
         (priors.last_layer_loses, on the "layer" features), else "layer". None: `_normalization` decides."""
         if self.normalize != "cv":
             return [None] * len(row_sets)
+
         def mode(rows: np.ndarray, seed: int) -> str | None:
             if self._validates(codes, n_classes, [rows]):
                 return None

@@ -203,7 +203,6 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _finetune_settings(args: argparse.Namespace):
-
     return FinetuneSettings(
         head=args.head, pooling=args.pooling, max_length=args.max_length or FinetuneSettings.max_length,
         epochs=args.epochs,
