@@ -248,9 +248,9 @@ class _StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
             priors = np.stack([probe_prior(X[r], codes[r], n_classes) for r in row_sets])
         elif self.layer_prior == "last":
             priors = np.repeat(self._candidate_priors(X.shape[1])[1:2], len(row_sets), axis=0)
-        elif self.layer_prior == "cv":
-            mode = self._normalization(self._validates(codes, n_classes, row_sets))
-            priors = np.stack([cv_prior(normalised(X[r], mode), codes[r], seed) for r, seed in zip(row_sets, seeds)])
+        elif self.layer_prior == "cv":  # on the features as the linear part will see them
+            seen = mode or self._normalization(self._validates(codes, n_classes, row_sets))
+            priors = np.stack([cv_prior(normalised(X[r], seen), codes[r], seed) for r, seed in zip(row_sets, seeds)])
         states: list[dict[str, np.ndarray]] = [{} for _ in row_sets]
         for kernel in self._kernels(self._rich(codes, n_classes, row_sets)):  # one ensemble per part
             part, _ = self._train(X, codes, n_classes, row_sets, seeds, set_priors=priors, kernel=kernel,

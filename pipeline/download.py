@@ -14,6 +14,7 @@ import os
 import shutil
 import tarfile
 import urllib.request
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -89,10 +90,6 @@ def _trec(path: Path, member: str | None, label_names: list[str] | None,
         yield text.strip(), label if fine else label.split(":")[0]
 
 
-def _trec_fine(path: Path, member: str | None, label_names: list[str] | None) -> Iterator[tuple[str, str]]:
-    return _trec(path, member, label_names, fine=True)
-
-
 def _stsa(path: Path, member: str | None, label_names: list[str] | None) -> Iterator[tuple[str, str]]:
     """`LABEL sentence` per line (Kim 2014's SST binary files)."""
     for line in _lines(path, member):
@@ -122,7 +119,7 @@ def _aclimdb(path: Path, member: str | None, label_names: list[str] | None) -> I
 
 
 FORMATS: dict[str, Callable[[Path, str | None, list[str] | None], Iterator[tuple[str, str]]]] = {
-    "trec": _trec, "trec-fine": _trec_fine, "stsa": _stsa, "zhang-csv": _zhang_csv, "aclimdb": _aclimdb}
+    "trec": _trec, "trec-fine": partial(_trec, fine=True), "stsa": _stsa, "zhang-csv": _zhang_csv, "aclimdb": _aclimdb}
 
 
 def _write_rows(rows: Iterator[tuple[str, str]], dest: Path, expected_rows: int | None = None) -> None:

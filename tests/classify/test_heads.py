@@ -181,6 +181,8 @@ def test_normalize_cv_standardises_only_when_another_layer_beats_the_last():
     for head, rows, seed in zip(both, [np.arange(100), np.arange(100, 200)], [0, 1]):  # one call = fits alone
         alone = LayerAttention(**kw, random_state=seed).fit(X[rows], y[rows])
         np.testing.assert_allclose(head.predict_proba(X), alone.predict_proba(X), atol=1e-6)
+    with_cv_prior = LayerAttention(**kw, layer_prior="cv").fit(X[100:], y[100:])  # the prior keeps the decision
+    assert with_cv_prior.normalization_["linear"] == "standard"
     validated = LayerAttention(normalize="cv", min_val_per_class=20, n_members=3, max_epochs=30).fit(*toy(n=300))
     assert validated.normalization_["linear"] == "standard"  # with enough labels, as "auto"
 
