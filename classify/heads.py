@@ -50,11 +50,11 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
 from classify.budget import stratified_folds
-from classify.features import (NORMALIZATIONS, check_features, check_known_labels, normalised, normalization_stats,
+from classify.features import (NORMALIZATIONS, check_features, check_known_labels, normalization_stats,
                                prepare, unit_length)
 from classify.kernel import MAP_KEYS, apply_map, rbf_map
 from classify.persist import SaveLoadMixin
-from classify.priors import LAST_LAYER_PRIOR, cv_prior, last_layer_loses, probe_prior
+from classify.priors import LAST_LAYER_PRIOR, cv_logliks, cv_prior, last_layer_loses, probe_prior
 from classify.stack import (LayerAttentionStack, ScalarMixStack, TrainConfig, layer_major, train_stack,
                             validation_loss)
 
@@ -184,16 +184,15 @@ class _StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
         """Per row set, the linear part's normalisation when `normalize="cv"` decides it: for a set that does not
         validate, "standard" when another layer predicts its labelled rows better than the last one
         (priors.last_layer_loses, on the "layer" features), else "layer". None: `_normalization` decides."""
+        modes: list[str | None] = [None] * len(row_sets)
         if self.normalize != "cv":
-            return [None] * len(row_sets)
-
-        def mode(rows: np.ndarray, seed: int) -> str | None:
-            if self._validates(codes, n_classes, [rows]):
-                return None
-            compact = np.unique(codes[rows], return_inverse=True)[1]  # class indices of these rows: 0..C'-1
-            return "standard" if last_layer_loses(normalised(X[rows], "layer"), compact, seed) else "layer"
-
-        return [mode(rows, seed) for rows, seed in zip(row_sets, seeds)]
+            return modes
+        open_sets = [i for i, rows in enumerate(row_sets) if not self._validates(codes, n_classes, [rows])]
+        logliks = cv_logliks(X, codes, [row_sets[i] for i in open_sets], [seeds[i] for i in open_sets], "layer",
+                             self._torch_device())
+        for i, loglik in zip(open_sets, logliks):
+            modes[i] = "standard" if last_layer_loses(loglik, len(row_sets[i])) else "layer"
+        return modes
 
     def _stack_groups(self, codes: np.ndarray, n_classes: int, row_sets: Sequence[np.ndarray],
                       pad: bool, modes: Sequence[str | None] | None = None) -> list[list[int]]:
@@ -250,7 +249,8 @@ class _StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
             priors = np.repeat(self._candidate_priors(X.shape[1])[1:2], len(row_sets), axis=0)
         elif self.layer_prior == "cv":  # on the features as the linear part will see them
             seen = mode or self._normalization(self._validates(codes, n_classes, row_sets))
-            priors = np.stack([cv_prior(normalised(X[r], seen), codes[r], seed) for r, seed in zip(row_sets, seeds)])
+            logliks = cv_logliks(X, codes, row_sets, seeds, seen, self._torch_device())
+            priors = np.stack([cv_prior(loglik, X.shape[1]) for loglik in logliks])
         states: list[dict[str, np.ndarray]] = [{} for _ in row_sets]
         for kernel in self._kernels(self._rich(codes, n_classes, row_sets)):  # one ensemble per part
             part, _ = self._train(X, codes, n_classes, row_sets, seeds, set_priors=priors, kernel=kernel,

@@ -6,15 +6,21 @@ an (n_layers,) score added to the selector's attention logits, 0 for the favoure
 """
 from __future__ import annotations
 
-import numpy as np
+from typing import Sequence
 
-from classify.features import layer_stats
+import numpy as np
+import torch
+
+from classify.features import layer_stats, normalised
+from classify.logreg import HISTORY, cross_validated
 
 LAST_LAYER_PRIOR = 4.0  # prior score of the last layer in the last-layer-heavy candidate: α_last ≈ 0.9 of 7
 PROBE_PRIOR = 2.0  # prior score of the worst single layer under layer_prior="probe" (the best gets 0)
 CV_PRIOR_SCALE = 0.1  # layer_prior="cv": prior score per nat of a layer's cross-validated log-likelihood
 CV_PRIOR_FLOOR = -20.0  # ... and the lowest score it gives a layer
 LAST_LAYER_GAP = 0.01  # normalize="cv": nats per row by which another layer must beat the last one (see heads.py)
+CV_CHUNK_BYTES = 64 << 20  # cv_logliks's working memory per chunk of row sets, on a CPU ...
+CV_CHUNK_BYTES_GPU = 2 << 30  # ... and on a GPU
 
 
 def probe_prior(X: np.ndarray, codes: np.ndarray, n_classes: int, strength: float = PROBE_PRIOR) -> np.ndarray:
@@ -41,39 +47,77 @@ def probe_prior(X: np.ndarray, codes: np.ndarray, n_classes: int, strength: floa
     return (strength * (accuracy - accuracy.max()) / spread).astype(np.float32)
 
 
-def cv_loglik(Z: np.ndarray, codes: np.ndarray, seed: int) -> np.ndarray | None:
-    """(L,) how well each layer alone predicts the labelled rows: the k-fold cross-validated log-likelihood,
-    summed over rows, of a logistic regression on that layer. Z: (n, L, H) features normalised as the head sees
-    them; codes: (n,) class indices; k = min(4, smallest class). None with one row in some class (nothing to
-    hold out)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from threadpoolctl import threadpool_limits
+def cv_logliks(X: np.ndarray, codes: np.ndarray, row_sets: Sequence[np.ndarray], seeds: Sequence[int],
+               normalization: str | None = None, device: str | torch.device = "cpu") -> list[np.ndarray | None]:
+    """Per row set, (L,) how well each layer alone predicts its labelled rows: the k-fold cross-validated
+    log-likelihood, summed over rows, of a logistic regression on that layer (k = min(4, smallest class), folds
+    stratified and shuffled by the set's seed, as scikit-learn's StratifiedKFold); None with one row in some class
+    (nothing to hold out). X: (n_docs, L, H); codes: (n_docs,) class indices; each set's features are X[rows],
+    normalised by its own rows (features.normalised) when `normalization` is given.
 
-    k = int(min(4, np.bincount(codes).min()))
-    if k < 2:
-        return None
-    folds = StratifiedKFold(k, shuffle=True, random_state=seed)
-    rows = np.arange(len(codes))
-    with threadpool_limits(1, user_api="blas"):  # many small fits: one BLAS thread is faster (bench/blas_threads.py)
-        return np.array([np.log(cross_val_predict(LogisticRegression(max_iter=500), Z[:, layer], codes, cv=folds,
-                                                  method="predict_proba")[rows, codes] + 1e-9).sum()
-                         for layer in range(Z.shape[1])])
+    Every set's, layer's and fold's regression trains at once on `device` (logreg.py), sets of similar size
+    padded together in chunks of about CV_CHUNK_BYTES.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    L, H = X.shape[1:]
+    device = torch.device(device)
+    limit = CV_CHUNK_BYTES if device.type == "cpu" else CV_CHUNK_BYTES_GPU
+    out: list[np.ndarray | None] = [None] * len(row_sets)
+    todo = []  # (set, its compact class indices, its folds)
+    for i, (rows, seed) in enumerate(zip(row_sets, seeds)):
+        compact = np.unique(codes[rows], return_inverse=True)[1]
+        k = int(min(4, np.bincount(compact).min()))
+        if k >= 2:
+            folds = np.empty(len(rows), np.int64)
+            for f, (_, held) in enumerate(StratifiedKFold(k, shuffle=True, random_state=seed).split(rows, compact)):
+                folds[held] = f
+            todo.append((i, compact, folds))
+    todo.sort(key=lambda t: len(row_sets[t[0]]))
+    while todo:
+        chunk = [todo.pop()]  # the largest left, then smaller sets while they fit
+        n, C = len(chunk[0][1]), int(chunk[0][1].max()) + 1
+        while todo and (len(chunk) + 1) * _cv_bytes(n, L, H, max(C, int(todo[-1][1].max()) + 1)) <= limit:
+            chunk.append(todo.pop())
+            C = max(C, int(chunk[-1][1].max()) + 1)
+        Z = np.zeros((len(chunk), L, n, H), np.float32)  # sets padded to the chunk's largest
+        y = np.zeros((len(chunk), n), np.int64)
+        folds = np.full((len(chunk), n), -1, np.int64)
+        for s, (i, compact, fold) in enumerate(chunk):
+            rows = row_sets[i]
+            features = X[rows] if normalization is None else normalised(X[rows], normalization)  # (n_s, L, H)
+            Z[s, :, :len(rows)] = features.transpose(1, 0, 2)
+            y[s, :len(rows)], folds[s, :len(rows)] = compact, fold
+        loglik = cross_validated(torch.from_numpy(Z).flatten(0, 1).to(device),
+                                 torch.from_numpy(y).repeat_interleave(L, 0).to(device),
+                                 torch.from_numpy(folds).repeat_interleave(L, 0).to(device), C)
+        for (i, _, _), row in zip(chunk, loglik.reshape(len(chunk), L).cpu().double().numpy()):
+            out[i] = row
+    return out
 
 
-def cv_prior(Z: np.ndarray, codes: np.ndarray, seed: int, scale: float = CV_PRIOR_SCALE) -> np.ndarray:
-    """(L,) selector prior: each layer's cross-validated log-likelihood (cv_loglik) times `scale`, the best
-    layer at 0; uniform (zeros) when a class has one row."""
-    loglik = cv_loglik(Z, codes, seed)
+def _cv_bytes(n: int, L: int, H: int, C: int) -> int:
+    """Memory of one set's cross-validation in logreg.py, roughly: its features, the (fold, row, class) arrays
+    of a step, and L-BFGS's history and iterates of (fold, feature, class)."""
+    return 4 * L * (n * H + 6 * 4 * n * C + (2 * HISTORY + 8) * 4 * (H + 1) * C)
+
+
+def cv_loglik(Z: np.ndarray, codes: np.ndarray, seed: int, device: str | torch.device = "cpu") -> np.ndarray | None:
+    """(L,) cv_logliks of one set: all of Z's rows (n, L, H), as they are; codes (n,) class indices."""
+    return cv_logliks(Z, codes, [np.arange(len(codes))], [seed], device=device)[0]
+
+
+def cv_prior(loglik: np.ndarray | None, n_layers: int, scale: float = CV_PRIOR_SCALE) -> np.ndarray:
+    """(L,) selector prior from a set's cv_logliks: each layer's log-likelihood times `scale`, the best layer at
+    0; uniform (zeros) for None (a class with one row)."""
     if loglik is None:
-        return np.zeros(Z.shape[1], np.float32)
+        return np.zeros(n_layers, np.float32)
     # floored: a weight of e^-20 is already nothing, and far smaller ones turn into denormal floats in the
     # backward pass, which ran 40x slower (banking77, 32/class)
     return np.maximum(scale * (loglik - loglik.max()), CV_PRIOR_FLOOR).astype(np.float32)
 
 
-def last_layer_loses(Z: np.ndarray, codes: np.ndarray, seed: int, gap: float = LAST_LAYER_GAP) -> bool:
-    """Whether some layer predicts the labelled rows better than the last one, by more than `gap` nats of
-    cross-validated log-likelihood per row (cv_loglik). False when a class has one row."""
-    loglik = cv_loglik(Z, codes, seed)
-    return loglik is not None and bool((loglik.max() - loglik[-1]) / len(codes) > gap)
+def last_layer_loses(loglik: np.ndarray | None, n_rows: int, gap: float = LAST_LAYER_GAP) -> bool:
+    """Whether, by a set's cv_logliks over its n_rows labelled rows, some layer predicts them better than the
+    last one by more than `gap` nats per row. False for None (a class with one row)."""
+    return loglik is not None and bool((loglik.max() - loglik[-1]) / n_rows > gap)

@@ -7,7 +7,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 from classify.features import layer_stats, normalised
-from classify.priors import cv_loglik, cv_prior, last_layer_loses, probe_prior
+from classify.priors import cv_loglik, cv_logliks, cv_prior, last_layer_loses, probe_prior
 from tests.classify.test_heads import toy
 
 
@@ -32,20 +32,29 @@ def test_probe_prior_is_leave_one_out_nearest_centroid_accuracy_per_layer():
     assert prior.argmax() == 2 and prior.min() == pytest.approx(-2.0)  # layer 2 carries the labels
 
 
-def test_cv_prior_is_each_layers_cross_validated_log_likelihood():
+def test_cv_loglik_is_each_layers_cross_validated_log_likelihood():
     X, y = toy(n=48)
     codes = np.unique(y, return_inverse=True)[1]
     Z = normalised(X, "layer")
-    prior = cv_prior(Z, codes, seed=3)
     folds = StratifiedKFold(4, shuffle=True, random_state=3)
     proba = [cross_val_predict(LogisticRegression(max_iter=500), Z[:, layer], codes, cv=folds, method="predict_proba")
              for layer in range(4)]  # out-of-fold, per layer
-    loglik = [np.log(p[np.arange(48), codes] + 1e-9).sum() for p in proba]
-    np.testing.assert_allclose(prior, 0.1 * (np.array(loglik) - max(loglik)), rtol=1e-4, atol=1e-4)
-    assert prior.argmax() == 2 and prior.max() == 0  # the informative layer, at 0
-    assert cv_prior(Z, codes, seed=3, scale=100.0).min() == -20.0  # floored: no denormal weights in training
-    one_per_class = cv_prior(Z[:3], np.array([0, 1, 2]), seed=0)  # nothing to hold out: uniform
-    assert np.array_equal(one_per_class, np.zeros(4, np.float32))
+    expected = np.array([np.log(p[np.arange(48), codes] + 1e-9).sum() for p in proba])
+    loglik = cv_loglik(Z, codes, seed=3)
+    np.testing.assert_allclose(loglik / 48, expected / 48, atol=2e-3)  # both stop at a gradient of 1e-4
+    assert loglik.argmax() == 2  # the informative layer
+    # a batch of sets, normalised per set, is each set on its own; one row in a class: nothing to hold out
+    sets = [np.arange(48), np.arange(24, 48), np.array([0, 1, 2, 3])]
+    batched = cv_logliks(X, codes, sets, [3, 4, 5], "layer")
+    np.testing.assert_allclose(batched[0], loglik, rtol=1e-5)
+    np.testing.assert_allclose(batched[1], cv_loglik(normalised(X[24:], "layer"), codes[24:], seed=4), rtol=1e-5)
+    assert batched[2] is None
+
+
+def test_cv_prior_scales_the_log_likelihoods_best_at_zero():
+    loglik = np.array([-30.0, -10.0, -12.5, -400.0])
+    np.testing.assert_allclose(cv_prior(loglik, 4), [-2.0, 0.0, -0.25, -20.0])  # floored: no denormal weights
+    assert np.array_equal(cv_prior(None, 4), np.zeros(4, np.float32))  # nothing to hold out: uniform
 
 
 def test_last_layer_loses_by_more_than_the_gap_per_row():
@@ -54,8 +63,8 @@ def test_last_layer_loses_by_more_than_the_gap_per_row():
     Z = normalised(X, "layer")
     loglik = cv_loglik(Z, codes, seed=3)
     per_row = (loglik.max() - loglik[-1]) / 48
-    assert per_row > 0.1 and last_layer_loses(Z, codes, seed=3)
-    assert not last_layer_loses(Z, codes, seed=3, gap=per_row)  # not by more than its own gap
+    assert per_row > 0.1 and last_layer_loses(loglik, 48)
+    assert not last_layer_loses(loglik, 48, gap=per_row)  # not by more than its own gap
     Z[:, -1] = Z[:, 2]  # the last layer as good as the best: it does not lose
-    assert not last_layer_loses(Z, codes, seed=3)
-    assert not last_layer_loses(Z[:3], np.array([0, 1, 2]), seed=0)  # nothing to hold out
+    assert not last_layer_loses(cv_loglik(Z, codes, seed=3), 48)
+    assert not last_layer_loses(None, 3)  # nothing to hold out
