@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every check that needs a GPU, in one bounded run (under 10 minutes on one H100/H200):
 #   env → CLI smoke (finetune on cuda, predict, evaluate) → CPU/GPU feature parity → heads trained on the GPU,
-#   batched and one at a time → extraction speed (all of TREC-6 + BBC News, then the bench's default corpus,
-#   then where a cold `extract` spends its time)
+#   batched and one at a time → normalize="cv"'s check on the GPU against scikit-learn → extraction speed (all
+#   of TREC-6 + BBC News, then the bench's default corpus, then where a cold `extract` spends its time)
 #   → fine-tuning and multi-task benchmark → the test suite with a GPU visible (its GPU tests run).
 # Needs finetext's dependencies with the demo extra importable and ../shared/data beside the checkout: on a lent
 # machine, which has torch and transformers but not the demo packages, bench/gpu_carry.sh brings them.
@@ -37,6 +37,7 @@ step cli-smoke 90 bash -c "$PY -m pipeline.cli finetune trec --budget 16 --epoch
   --text 'How far is the Moon?' && $PY -m pipeline.cli evaluate --head $FT --input trec --split test --device $DEV"
 step parity 60 $PY bench/device_parity.py --device $DEV
 step heads-speed 180 $PY bench/heads_speed.py --device $DEV
+step cv-check 120 $PY bench/cv_check.py trec bbc --device $DEV
 step heads-precision 120 $PY bench/heads_precision.py --device $DEV --seeds-all 2
 step extract-speed-all 150 $PY bench/extract_speed.py --device $DEV --trec 5452 --bbc 2225
 step extract-speed 120 $PY bench/extract_speed.py --device $DEV

@@ -4,9 +4,9 @@ A grid of 5 budgets (4..64 labels per class) x 10 seeds x 4 heads = 200 fits, tr
   batched:     `fit_many` per head (vectorised heads share one forward/backward pass per stack);
   sequential:  one `fit` per cell.
 Prints both wall times, the ratio, and checks the two give the same test accuracy. `--device cuda` trains the
-vectorised heads on a GPU, both ways (logistic regression stays on the CPU). `--normalize auto` times the
-vectorised heads without the default's per-fit check of the last layer (normalize="cv": 7 x k scikit-learn
-logistic regressions per fit, on the CPU, the same batched or not).
+vectorised heads on a GPU, both ways (the last-layer logistic regression stays on the CPU). `--normalize auto`
+times the vectorised heads without the default's check of the last layer (normalize="cv": 7 x k logistic
+regressions per fit that does not validate, batched with the fit's other sets on its device; classify/logreg.py).
 
     python bench/heads_speed.py [--device cpu] [--normalize cv]
 """
