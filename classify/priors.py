@@ -55,14 +55,15 @@ def cv_logliks(X: np.ndarray, codes: np.ndarray, row_sets: Sequence[np.ndarray],
     (nothing to hold out). X: (n_docs, L, H); codes: (n_docs,) class indices; each set's features are X[rows],
     normalised by its own rows (features.normalised) when `normalization` is given.
 
-    Every set's, layer's and fold's regression trains at once on `device` (logreg.py), sets of similar size
-    padded together in chunks of about CV_CHUNK_BYTES.
+    Every set's, layer's and fold's regression trains at once on `device` (logreg.py), in chunks of about
+    CV_CHUNK_BYTES of sets of one size (on a GPU, of any sizes, padded to the chunk's largest).
     """
     from sklearn.model_selection import StratifiedKFold
 
     L, H = X.shape[1:]
     device = torch.device(device)
-    limit = CV_CHUNK_BYTES if device.type == "cpu" else CV_CHUNK_BYTES_GPU
+    pad = device.type != "cpu"  # as the heads' stacks: a CPU is bound by the rows it reads, a GPU by launches
+    limit = CV_CHUNK_BYTES_GPU if pad else CV_CHUNK_BYTES
     out: list[np.ndarray | None] = [None] * len(row_sets)
     todo = []  # (set, its compact class indices, its folds)
     for i, (rows, seed) in enumerate(zip(row_sets, seeds)):
@@ -77,7 +78,8 @@ def cv_logliks(X: np.ndarray, codes: np.ndarray, row_sets: Sequence[np.ndarray],
     while todo:
         chunk = [todo.pop()]  # the largest left, then smaller sets while they fit
         n, C = len(chunk[0][1]), int(chunk[0][1].max()) + 1
-        while todo and (len(chunk) + 1) * _cv_bytes(n, L, H, max(C, int(todo[-1][1].max()) + 1)) <= limit:
+        while todo and (pad or len(todo[-1][1]) == n) \
+                and (len(chunk) + 1) * _cv_bytes(n, L, H, max(C, int(todo[-1][1].max()) + 1)) <= limit:
             chunk.append(todo.pop())
             C = max(C, int(chunk[-1][1].max()) + 1)
         Z = np.zeros((len(chunk), L, n, H), np.float32)  # sets padded to the chunk's largest

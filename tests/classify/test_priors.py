@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
+import classify.priors
 from classify.features import layer_stats, normalised
 from classify.priors import cv_loglik, cv_logliks, cv_prior, last_layer_loses, probe_prior
 from tests.classify.test_heads import toy
@@ -68,3 +70,27 @@ def test_last_layer_loses_by_more_than_the_gap_per_row():
     Z[:, -1] = Z[:, 2]  # the last layer as good as the best: it does not lose
     assert not last_layer_loses(cv_loglik(Z, codes, seed=3), 48)
     assert not last_layer_loses(None, 3)  # nothing to hold out
+
+
+def mixed_sets(n: int = 150) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    X, y = toy(n=n)
+    codes = np.unique(y, return_inverse=True)[1]
+    rng = np.random.default_rng(1)
+    return X, codes, [np.sort(rng.choice(n, size, replace=False)) for size in (40, 60, 40, 90, 60, 24)]
+
+
+def test_cv_logliks_in_small_chunks_are_the_same(monkeypatch):
+    X, codes, sets = mixed_sets()
+    together = cv_logliks(X, codes, sets, range(6), "standard")
+    monkeypatch.setattr(classify.priors, "CV_CHUNK_BYTES", 1)  # one set per chunk
+    for a, b in zip(together, cv_logliks(X, codes, sets, range(6), "standard")):
+        np.testing.assert_allclose(a, b, rtol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cv_logliks_on_a_gpu_are_the_cpus_up_to_rounding():
+    X, codes, sets = mixed_sets()  # sets of several sizes: padded together on the GPU
+    for cpu, gpu, rows in zip(cv_logliks(X, codes, sets, range(6), "layer"),
+                              cv_logliks(X, codes, sets, range(6), "layer", "cuda"), sets):
+        np.testing.assert_allclose(cpu / len(rows), gpu / len(rows), atol=2e-3)
+        assert last_layer_loses(cpu, len(rows)) == last_layer_loses(gpu, len(rows))
