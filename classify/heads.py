@@ -11,7 +11,8 @@ layer by its isotropy, a label-free measure of how spread out the layer's docume
 last layer (the most isotropic in MiniLM); "standard" standardises every dimension, every layer alike. "auto"
 takes "standard" when the ensemble validates and "layer" with fewer labels. "cv" (the default) is "auto", except
 that with few labels it standardises when another layer predicts the labelled rows better than the last one
-(cross-validated logistic regression, priors.last_layer_loses). Measured (README): with 4-64 labels per class
+(cross-validated logistic regression per layer, priors.last_layer_loses; every row set's, layer's and fold's
+regression of a fit trains at once on the fit's device, logreg.py). Measured (README): with 4-64 labels per class
 "layer" beat "standard" where the last layer is the best single layer (BBC News, banking77: "standard" lost up
 to 2 and 9 points) and lost to it where it is not (TREC-50: 43.5 against 50.1 at 4/class, 61.4 against 71.9
 at 16; TREC-6 by 0.4-1.8); "cv" follows the better of the two on every dataset but BBC News at 4/class (89.1,
