@@ -16,6 +16,10 @@ import torch
 
 HISTORY = 10  # L-BFGS correction pairs, scipy's default
 ARMIJO = 1e-4  # sufficient decrease of the line search
+# cross_validated: from this many classes, where a step is bound by its matmuls, each fold trains on a copy of its
+# own rows rather than on all rows with weights (25% fewer flops). Measured on 2 CPU cores, 10 seeds: banking77's
+# 77 classes 25-35% faster at 64/class, 8% at 8/class; TREC-50's 50 classes within ±7%
+SPLIT_CLASSES = 32
 
 
 def _objective(theta: torch.Tensor, Z: torch.Tensor, onehot: torch.Tensor, w: torch.Tensor, absent: torch.Tensor,
@@ -133,7 +137,17 @@ def cross_validated(Z: torch.Tensor, codes: torch.Tensor, folds: torch.Tensor, n
     held_out = (folds[:, None, :] == torch.arange(F, device=folds.device)[None, :, None]).to(Z.dtype)  # (G, F, n)
     train = (folds[:, None, :] >= 0).to(Z.dtype) - held_out
     train = train * (held_out.sum(-1, keepdim=True) > 0)  # a fold no row of the group is in: no problem
-    theta = fit_logregs(Z, codes, train, n_classes, C, tol)
+    if n_classes >= SPLIT_CLASSES:  # each fold its own group of its training rows only (padded)
+        G, n, H = Z.shape
+        order = torch.argsort(train, dim=-1, descending=True, stable=True)  # (G, F, n): training rows first
+        n_train = int(train.sum(-1).max())
+        keep = order[..., :n_train]  # (G, F, n_train)
+        split = torch.gather(Z[:, None].expand(-1, F, -1, -1), 2, keep[..., None].expand(-1, -1, -1, H))
+        theta = fit_logregs(split.flatten(0, 1), torch.gather(codes[:, None].expand(-1, F, -1), 2, keep).flatten(0, 1),
+                            torch.gather(train, 2, keep).flatten(0, 1)[:, None], n_classes, C, tol)
+        theta = theta.reshape(G, F, H + 1, n_classes)
+    else:
+        theta = fit_logregs(Z, codes, train, n_classes, C, tol)
     present = (torch.nn.functional.one_hot(codes, n_classes) * (folds >= 0)[..., None]).amax(1).bool()  # (G, C)
     logits = torch.einsum("gnh,gfhc->gfnc", Z, theta[..., :-1, :]) + theta[..., -1, None, :]
     logp = logits.masked_fill(~present[:, None, None, :], float("-inf")).log_softmax(-1)

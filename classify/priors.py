@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from classify.features import layer_stats, normalised
-from classify.logreg import HISTORY, cross_validated
+from classify.logreg import HISTORY, SPLIT_CLASSES, cross_validated
 
 LAST_LAYER_PRIOR = 4.0  # prior score of the last layer in the last-layer-heavy candidate: α_last ≈ 0.9 of 7
 PROBE_PRIOR = 2.0  # prior score of the worst single layer under layer_prior="probe" (the best gets 0)
@@ -99,9 +99,11 @@ def cv_logliks(X: np.ndarray, codes: np.ndarray, row_sets: Sequence[np.ndarray],
 
 
 def _cv_bytes(n: int, L: int, H: int, C: int) -> int:
-    """Memory of one set's cross-validation in logreg.py, roughly: its features, the (fold, row, class) arrays
-    of a step, and L-BFGS's history and iterates of (fold, feature, class)."""
-    return 4 * L * (n * H + 6 * 4 * n * C + (2 * HISTORY + 8) * 4 * (H + 1) * C)
+    """Memory of one set's cross-validation in logreg.py, roughly: its features (and with many classes each
+    fold's copy of its rows), the (fold, row, class) arrays of a step, and L-BFGS's history and iterates of
+    (fold, feature, class)."""
+    features = n * H * (4 if C >= SPLIT_CLASSES else 1)
+    return 4 * L * (features + 6 * 4 * n * C + (2 * HISTORY + 8) * 4 * (H + 1) * C)
 
 
 def cv_loglik(Z: np.ndarray, codes: np.ndarray, seed: int, device: str | torch.device = "cpu") -> np.ndarray | None:
