@@ -8,7 +8,7 @@ so one matrix product per group serves every fold. Solved by L-BFGS (10 pairs, a
 search per problem) in float32 until every problem's gradient is below `tol` in every coordinate, scikit-learn's
 stopping rule (scipy's pgtol = 1e-4). Compared with scikit-learn on 4-64 labels per class of five datasets, 10
 seeds each (bench/cv_check.py, README): the same normalize="cv" decisions, log-likelihoods within 4e-3 nats per
-row; 2-5x faster on 2 CPU cores for small sets, as fast for banking77's largest; 8-19x on an H100.
+row; 1.2-5x faster on 2 CPU cores (the least where sets are large and classes many), 8-51x on an H100.
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ HISTORY = 10  # L-BFGS correction pairs, scipy's default
 ARMIJO = 1e-4  # sufficient decrease of the line search
 # cross_validated: from this many classes, where a step is bound by its matmuls, each fold trains on a copy of its
 # own rows rather than on all rows with weights (25% fewer flops). Measured on 2 CPU cores, 10 seeds: banking77's
-# 77 classes 25-35% faster at 64/class, 8% at 8/class; TREC-50's 50 classes within ±7%
-SPLIT_CLASSES = 32
+# 77 classes 25-35% faster at 64/class, 8% at 8/class; TREC-50's 50 classes within ±7% either way
+SPLIT_CLASSES = 64
 
 
 def _objective(theta: torch.Tensor, Z: torch.Tensor, onehot: torch.Tensor, w: torch.Tensor, absent: torch.Tensor,
