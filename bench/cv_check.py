@@ -37,6 +37,7 @@ def sklearn_loglik(Z: np.ndarray, codes: np.ndarray, seed: int) -> np.ndarray:
 
 
 def features(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Training features (mean pooling) and labels of a shared benchmark set, or of a cache file."""
     if name.endswith(".h5"):
         from extract import open_cache
 
