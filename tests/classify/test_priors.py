@@ -7,6 +7,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
+import classify.logreg
 import classify.priors
 from classify.features import layer_stats, normalised
 from classify.priors import cv_loglik, cv_logliks, cv_prior, last_layer_loses, probe_prior
@@ -88,7 +89,9 @@ def test_cv_logliks_in_small_chunks_are_the_same(monkeypatch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cv_logliks_on_a_gpu_are_the_cpus_up_to_rounding():
+@pytest.mark.parametrize("split", [False, True], ids=["folds-as-weights", "folds-as-copies"])
+def test_cv_logliks_on_a_gpu_are_the_cpus_up_to_rounding(split, monkeypatch):
+    monkeypatch.setattr(classify.logreg, "SPLIT_CLASSES", 0 if split else 10**6)  # both ways of batching folds
     X, codes, sets = mixed_sets()  # sets of several sizes: padded together on the GPU
     for cpu, gpu, rows in zip(cv_logliks(X, codes, sets, range(6), "layer"),
                               cv_logliks(X, codes, sets, range(6), "layer", "cuda"), sets):
