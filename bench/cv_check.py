@@ -20,7 +20,7 @@ import numpy as np
 from common import load  # noqa: E402  (sets sys.path)
 from classify import sample_budget  # noqa: E402
 from classify.features import normalised  # noqa: E402
-from classify.priors import LAST_LAYER_GAP, cv_logliks  # noqa: E402
+from classify.priors import LAST_LAYER_GAP, cv_folds, cv_logliks  # noqa: E402
 
 
 def sklearn_loglik(Z: np.ndarray, codes: np.ndarray, seed: int) -> np.ndarray:
@@ -29,7 +29,7 @@ def sklearn_loglik(Z: np.ndarray, codes: np.ndarray, seed: int) -> np.ndarray:
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from threadpoolctl import threadpool_limits
 
-    folds = StratifiedKFold(int(min(4, np.bincount(codes).min())), shuffle=True, random_state=seed)
+    folds = StratifiedKFold(cv_folds(codes), shuffle=True, random_state=seed)
     with threadpool_limits(1, user_api="blas"):  # many small fits: one BLAS thread is faster
         return np.array([np.log(cross_val_predict(LogisticRegression(max_iter=500), Z[:, layer], codes, cv=folds,
                                                   method="predict_proba")[np.arange(len(codes)), codes] + 1e-9).sum()

@@ -55,7 +55,7 @@ from classify.features import (NORMALIZATIONS, check_features, check_known_label
                                prepare, unit_length)
 from classify.kernel import MAP_KEYS, apply_map, rbf_map
 from classify.persist import SaveLoadMixin
-from classify.priors import LAST_LAYER_PRIOR, cv_logliks, cv_prior, last_layer_loses, probe_prior
+from classify.priors import LAST_LAYER_PRIOR, cv_folds, cv_logliks, cv_prior, last_layer_loses, probe_prior
 from classify.stack import (LayerAttentionStack, ScalarMixStack, TrainConfig, layer_major, train_stack,
                             validation_loss)
 
@@ -78,11 +78,6 @@ def training_device(device: str, owner: str = "head") -> torch.device:
         raise ValueError(f"{owner}: device {device!r} asked for, but torch sees no CUDA GPU (torch "
                          f"{torch.__version__}); use device='cpu' or 'auto'.")
     return resolved
-
-
-def _prior_folds(codes: np.ndarray, rows: np.ndarray) -> int:
-    """k of layer_prior="auto"'s k-fold choice of prior on these rows: min(4, their smallest class)."""
-    return int(min(4, np.bincount(codes[rows])[np.unique(codes[rows])].min()))
 
 
 class _StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
@@ -210,7 +205,7 @@ class _StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
             if pad and len(rows) <= full_batch:
                 parts = self._kernels(self._rich(codes, n_classes, [rows]))
                 landmarks = min(self.n_landmarks, len(rows)) if "rbf" in parts else 0  # the kernel features' width
-                folds = _prior_folds(codes, rows) if self.layer_prior == "auto" else 0
+                folds = cv_folds(codes[rows]) if self.layer_prior == "auto" else 0
                 key = (self._validates(codes, n_classes, [rows]), parts, landmarks, folds, modes[i])
             groups.setdefault(key, []).append(i)
         return [sorted(members, key=lambda i: -len(row_sets[i])) for members in groups.values()]
@@ -230,7 +225,7 @@ class _StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
         """(S, L): per row set, the candidate prior with the lowest k-fold validation loss."""
         L = X.shape[1]
         candidates = self._candidate_priors(L)
-        k = min(_prior_folds(codes, r) for r in row_sets)
+        k = min(cv_folds(codes[r]) for r in row_sets)
         if k < 2 or len(candidates) == 1:
             return np.repeat(candidates[:1], len(row_sets), axis=0)
         priors = np.repeat(candidates, k, axis=0)  # member m = candidate m // k, fold m % k

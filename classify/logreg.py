@@ -23,7 +23,7 @@ SPLIT_CLASSES = 64
 
 
 def _objective(theta: torch.Tensor, Z: torch.Tensor, onehot: torch.Tensor, w: torch.Tensor, absent: torch.Tensor,
-               reg: torch.Tensor, grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+               reg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Objective (G, F) and its gradient (G, F, H + 1, C) of every problem at theta (G, F, H + 1, C): the last row
     of theta is the intercept. Z (G, n, H); onehot (G, n, C); w (G, F, n) training weights, each problem's summing
     to 1; absent (G, F, C) classes a problem never trains on, held at probability 0; reg (G, F) = 1 / (C n) (twice
@@ -34,8 +34,6 @@ def _objective(theta: torch.Tensor, Z: torch.Tensor, onehot: torch.Tensor, w: to
     logp = logits.log_softmax(-1)
     nll = -(logp.masked_fill(onehot[:, None] == 0, 0).sum(-1))  # (G, F, n): inf on rows of an absent class, ...
     value = torch.where(w > 0, w * nll, 0).sum(-1) + 0.5 * reg * (W * W).sum((-2, -1))  # ... which have no weight
-    if not grad:
-        return value, None
     residual = w[..., None] * (logp.exp() - onehot[:, None])  # (G, F, n, C)
     gW = torch.einsum("gnh,gfnc->gfhc", Z, residual) + reg[..., None, None] * W
     return value, torch.cat([gW, residual.sum(-2)[:, :, None, :]], dim=-2)
@@ -65,21 +63,20 @@ def fit_logregs(Z: torch.Tensor, codes: torch.Tensor, w: torch.Tensor, n_classes
     theta = Z.new_zeros(G, F, H + 1, n_classes)
     value, g = _objective(theta, Z, onehot, w, absent, reg)
     # per group (dim 0): data, L-BFGS's correction pairs (newest at slot pairs % HISTORY) and state
-    state = {"Z": Z, "onehot": onehot, "w": w, "absent": absent, "reg": reg, "theta": theta, "value": value, "g": g,
-             "steps": Z.new_zeros(G, HISTORY, F, H + 1, n_classes), "rho": Z.new_zeros(G, HISTORY, F),
-             "gamma": Z.new_ones(G, F), "stopped": rows == 0, "group": torch.arange(G, device=Z.device)}
-    state["changes"] = torch.zeros_like(state["steps"])
+    st = {"Z": Z, "onehot": onehot, "w": w, "absent": absent, "reg": reg, "theta": theta, "value": value, "g": g,
+          "steps": Z.new_zeros(G, HISTORY, F, H + 1, n_classes), "rho": Z.new_zeros(G, HISTORY, F),
+          "gamma": Z.new_ones(G, F), "stopped": rows == 0, "group": torch.arange(G, device=Z.device)}
+    st["changes"] = torch.zeros_like(st["steps"])
     out = torch.zeros_like(theta)
     pairs = 0
     for _ in range(max_iter):
-        st = state
         st["stopped"] |= st["g"].abs().amax((-2, -1)) <= tol
         finished = st["stopped"].all(1)  # (G',)
         if bool(finished.all()):
             break
         if 4 * int(finished.sum()) >= len(finished):  # a quarter of the groups done: drop them from the batch
             out[st["group"][finished]] = st["theta"][finished]
-            state = st = {key: value[~finished] for key, value in st.items()}
+            st = {key: value[~finished] for key, value in st.items()}
         theta, g, stopped = st["theta"], st["g"], st["stopped"]
         # two-loop recursion, newest pair first; a pair with rho 0 (failed curvature) is skipped per problem
         q = g.clone()
@@ -121,7 +118,7 @@ def fit_logregs(Z: torch.Tensor, codes: torch.Tensor, w: torch.Tensor, n_classes
         st["stopped"] = stopped | failed | flat
         st["theta"], st["value"], st["g"] = trial, value, new_g
         pairs += 1
-    out[state["group"]] = state["theta"]
+    out[st["group"]] = st["theta"]
     return out
 
 

@@ -47,6 +47,11 @@ def probe_prior(X: np.ndarray, codes: np.ndarray, n_classes: int, strength: floa
     return (strength * (accuracy - accuracy.max()) / spread).astype(np.float32)
 
 
+def cv_folds(codes: np.ndarray) -> int:
+    """k of a k-fold cross-validation on labelled rows of these class indices: min(4, their smallest class)."""
+    return int(min(4, np.bincount(codes)[np.unique(codes)].min()))
+
+
 def cv_logliks(X: np.ndarray, codes: np.ndarray, row_sets: Sequence[np.ndarray], seeds: Sequence[int],
                normalization: str | None = None, device: str | torch.device = "cpu") -> list[np.ndarray | None]:
     """Per row set, (L,) how well each layer alone predicts its labelled rows: the k-fold cross-validated
@@ -68,7 +73,7 @@ def cv_logliks(X: np.ndarray, codes: np.ndarray, row_sets: Sequence[np.ndarray],
     todo = []  # (set, its compact class indices, its folds)
     for i, (rows, seed) in enumerate(zip(row_sets, seeds)):
         compact = np.unique(codes[rows], return_inverse=True)[1]
-        k = int(min(4, np.bincount(compact).min()))
+        k = cv_folds(compact)
         if k >= 2:
             folds = np.empty(len(rows), np.int64)
             for f, (_, held) in enumerate(StratifiedKFold(k, shuffle=True, random_state=seed).split(rows, compact)):

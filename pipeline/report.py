@@ -212,12 +212,13 @@ def write_report(out: Path, cells: list[dict[str, Any]], config, data) -> dict[s
     _publish(paths["results.csv"], write_csv)
     _publish(paths["results.json"], lambda p: p.write_text(json.dumps(cells)))
     summary = summarize(cells)
-    table = summary_table(summary, per_class=config.budget_mode == "per-class")
+    per_class = config.budget_mode == "per-class"
+    table = summary_table(summary, per_class=per_class)
     buf = io.StringIO()
     buf.write(f"# Sweep summary\n\ntrain: `{config.train}`  test: `{config.test or f'{config.test_fraction:.0%} split'}`"
               f"  pooling: {config.pooling}  seeds: {config.seeds}  budgets: {config.budget_mode}\n\n")
     buf.write("Test accuracy (%), mean ± 95% confidence interval over seeds.\n\n" + table + "\n\n")
-    buf.write(labels_needed(summary, per_class=config.budget_mode == "per-class") + "\n\n")
+    buf.write(labels_needed(summary, per_class=per_class) + "\n\n")
     buf.write("| head | budget | labels | macro-F1 (%) | fit seconds |\n|---|---|---|---|---|\n")
     for r in summary:
         buf.write(f"| {r['head']} | {r['budget']} | {r['n_train']:.0f} | {100 * r['macro_f1']:.1f} ± "
