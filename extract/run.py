@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -24,6 +25,11 @@ from extract.pooling import pool
 
 STORAGE_DTYPES = ("float16", "float32")
 CHARS_PER_TOKEN_CAP = 32  # texts are cut to max_length * 32 characters before tokenising: bounded memory
+# A fast tokenizer first sees a tighter cut (English runs at ~4.5 characters per token); a document is tokenised
+# again from the wide cut unless its kept tokens end at least LOCALITY_MARGIN characters before the tight cut
+TIGHT_CHARS_PER_TOKEN = 6
+LOCALITY_MARGIN = 64
+_NON_SPACE = re.compile(r"\S")
 
 
 @dataclass(frozen=True)
@@ -163,23 +169,50 @@ class BlockEncoder:
         self.storage = torch.float16 if settings.storage_dtype == "float16" else torch.float32
 
     def tokenize(self, block: Sequence[Record]) -> tuple[list[list[int]], list[list[int]] | None, np.ndarray]:
-        """Token ids (and token type ids) per document, truncated to max_length, and a truncated flag."""
-        texts = [r.text[:self.max_chars] for r in block]
-        pairs = [(r.text_pair or "")[:self.max_chars] for r in block] if block[0].text_pair is not None else None
-        cut = np.array([len(r.text) > self.max_chars or len(r.text_pair or "") > self.max_chars for r in block])
+        """Token ids (and token type ids) per document, truncated to max_length, and a truncated flag.
+
+        Texts are cut before tokenising, so a huge document costs no more than a long one: at max_length × 32
+        characters, or first, for single texts and a fast tokenizer, at max_length × 6 + 64. Tokens are decided word
+        by word, so a document whose kept tokens end LOCALITY_MARGIN characters or more before the tight cut has
+        the ids of its whole text; any other cut document is tokenised again from the wide cut. Measured on BBC
+        News (max_length 256), tokenising took 0.67 s instead of 0.94, with the same ids (tests).
+        """
+        if block[0].text_pair is not None or not self.tokenizer.is_fast:
+            return self._tokenize(block, self.max_chars)
+        ids, types, truncated = self._tokenize(block, self.max_length * TIGHT_CHARS_PER_TOKEN + LOCALITY_MARGIN,
+                                               tight=True)
+        again = [i for i, x in enumerate(ids) if x is None]
+        if again:
+            wide = self._tokenize([block[i] for i in again], self.max_chars)
+            for k, i in enumerate(again):
+                ids[i], truncated[i] = wide[0][k], wide[2][k]
+                if types is not None:
+                    types[i] = wide[1][k]
+        return ids, types, truncated
+
+    def _tokenize(self, block: Sequence[Record], max_chars: int, tight: bool = False) -> tuple[list, list | None,
+                                                                                            np.ndarray]:
+        """tokenize() with texts cut at max_chars; with `tight`, ids None for documents to tokenise again."""
+        texts = [r.text[:max_chars] for r in block]
+        pairs = [(r.text_pair or "")[:max_chars] for r in block] if block[0].text_pair is not None else None
+        cut = np.array([len(r.text) > max_chars or len(r.text_pair or "") > max_chars for r in block])
         by_offsets = pairs is None and self.tokenizer.is_fast
         enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length,
                              return_offsets_mapping=by_offsets)
         ids = enc["input_ids"]
         types = enc.get("token_type_ids")
         full = np.array([len(x) >= self.max_length for x in ids])  # only these can have been truncated
-        for i in np.flatnonzero(full & ~cut):
-            if by_offsets:  # truncated when the last token kept ends before the text's last character
-                full[i] = max(end for _, end in enc["offset_mapping"][i]) < len(texts[i].rstrip())
+        for i in np.flatnonzero(full | cut if tight else full & ~cut):
+            if by_offsets:  # truncated when text that is not space follows the last token kept
+                end = max(end for _, end in enc["offset_mapping"][i])
+                if tight and cut[i] and (not full[i] or end > max_chars - LOCALITY_MARGIN):
+                    ids[i] = None  # too close to the cut to trust: tokenise again from the wide cut
+                    continue
+                full[i] = _NON_SPACE.search(block[i].text, end) is not None
             else:
                 again = self.tokenizer(texts[i], pairs[i] if pairs else None, truncation=False, verbose=False)
                 full[i] = len(again["input_ids"]) > self.max_length
-        return ids, types, full | cut
+        return ids, types, full if tight else full | cut
 
     @torch.inference_mode()
     def encode(self, tokenized: tuple[list[list[int]], list[list[int]] | None, np.ndarray]) -> dict[str, np.ndarray]:
