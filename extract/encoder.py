@@ -4,6 +4,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,18 +109,58 @@ def tokenizer_hash(tokenizer) -> str:
 
 
 def weights_hash(model: str) -> str | None:
-    """sha256 over a local folder's weight files; None for hub names (their revision identifies them)."""
+    """sha256 over a local folder's weight files; None for hub names (their revision identifies them).
+
+    Remembered per folder with each file's name, size and modification time (weights_memo_path(); make and git
+    trust the same), so checking whether a cache is current does not read gigabytes of weights again. A weight
+    file that is rewritten gets a new time and is hashed again.
+    """
     folder = Path(model)
     if not folder.is_dir():
         return None
     files = sorted(p for p in folder.iterdir() if p.suffix in {".safetensors", ".bin", ".pt", ".h5", ".msgpack"})
+    stamps = [[p.name, st.st_size, st.st_mtime_ns] for p in files for st in (p.stat(),)]
+    key = str(folder.resolve())
+    memo = _read_memo()
+    if memo.get(key, {}).get("files") == stamps:
+        return memo[key]["sha256"]
     h = hashlib.sha256()
     for path in files:
         h.update(path.name.encode())
         with open(path, "rb") as f:
             while chunk := f.read(1 << 22):
                 h.update(chunk)
-    return h.hexdigest()
+    memo[key] = {"files": stamps, "sha256": h.hexdigest()}
+    _write_memo(memo)
+    return memo[key]["sha256"]
+
+
+def weights_memo_path() -> Path:
+    """$XDG_CACHE_HOME/finetext/weights-sha256.json (~/.cache/finetext/...): remembered weight hashes."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "finetext" / "weights-sha256.json"
+
+
+def _read_memo() -> dict:
+    try:
+        memo = json.loads(weights_memo_path().read_text())
+    except (OSError, ValueError):  # none yet, unreadable or damaged: hash again
+        return {}
+    return memo if isinstance(memo, dict) else {}
+
+
+def _write_memo(memo: dict) -> None:
+    """Publish the memo with os.replace; a cache folder that cannot be written only costs a hash next time."""
+    path, tmp = weights_memo_path(), None
+    memo = {k: v for k, v in memo.items() if Path(k).is_dir()}  # forget folders that are gone (staged models)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
+            tmp = f.name
+            json.dump(memo, f)
+        os.replace(tmp, path)
+    except OSError:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
