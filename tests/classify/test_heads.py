@@ -8,6 +8,7 @@ from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.pipeline import Pipeline
 
 from classify import LastLayerLogReg, LayerAttention, ScalarMix, fit_many
+from classify.priors import cv_logliks, cv_prior
 from classify.stack import LayerAttentionStack, ScalarMixStack
 
 
@@ -185,6 +186,23 @@ def test_normalize_cv_standardises_only_when_another_layer_beats_the_last():
     assert with_cv_prior.normalization_["linear"] == "standard"
     validated = LayerAttention(normalize="cv", min_val_per_class=20, n_members=3, max_epochs=30).fit(*toy(n=300))
     assert validated.normalization_["linear"] == "standard"  # with enough labels, as "auto"
+
+
+def test_cv_prior_reuses_the_checks_regressions_where_layer_normalisation_stays(monkeypatch):
+    import classify.heads as heads
+
+    X, y = toy(n=200)
+    X[:100, -1] = 2 * X[:100, 2]  # the first half's last layer carries the labels: "layer" stays
+    calls = []
+    monkeypatch.setattr(heads, "cv_logliks", lambda *a, **k: calls.append(a[4]) or cv_logliks(*a, **k))
+    sets = [np.arange(100), np.arange(100, 200)]
+    fitted = fit_many(LayerAttention(layer_prior="cv", epochs_without_validation=50), X, y, sets, [0, 1])
+    assert [h.normalization_["linear"] for h in fitted] == ["layer", "standard"]
+    assert calls == ["layer", "standard"]  # the check, then the prior of the standardised set only
+    for head, rows, seed in zip(fitted, sets, [0, 1]):
+        codes = np.unique(y[rows], return_inverse=True)[1]
+        loglik = cv_logliks(X[rows], codes, [np.arange(100)], [seed], head.normalization_["linear"])[0]
+        np.testing.assert_allclose(head.state_["p0"][0, 0], cv_prior(loglik, X.shape[1]), atol=1e-4)
 
 
 def test_layer_prior_auto_chooses_by_cross_validation():
