@@ -160,7 +160,7 @@ class _StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
         on_cpu = self._torch_device().type == "cpu"
         limit = MAX_STACK_BYTES if on_cpu else MAX_STACK_BYTES_GPU
         states: list[dict[str, np.ndarray] | None] = [None] * len(row_sets)
-        modes, checked = self._set_modes(X, codes, n_classes, row_sets, seeds)
+        modes = self._set_modes(X, codes, n_classes, row_sets, seeds)
         for members in self._stack_groups(codes, n_classes, row_sets, pad=not on_cpu if pad is None else pad,
                                           modes=modes):
             size = max(len(row_sets[i]) for i in members)
@@ -170,27 +170,25 @@ class _StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
             for start in range(0, len(members), step):
                 chunk = members[start:start + step]
                 fitted = self._fit_stack(X, codes, n_classes, [row_sets[i] for i in chunk], [seeds[i] for i in chunk],
-                                         mode=modes[chunk[0]],
-                                         checked=[checked[i] for i in chunk] if set(chunk) <= checked.keys() else None)
+                                         mode=modes[chunk[0]])
                 for i, state in zip(chunk, fitted):
                     states[i] = state
         return states
 
     def _set_modes(self, X: np.ndarray, codes: np.ndarray, n_classes: int, row_sets: Sequence[np.ndarray],
-                   seeds: Sequence[int]) -> tuple[list[str | None], dict[int, np.ndarray | None]]:
+                   seeds: Sequence[int]) -> list[str | None]:
         """Per row set, the linear part's normalisation when `normalize="cv"` decides it: for a set that does not
         validate, "standard" when another layer predicts its labelled rows better than the last one
-        (priors.last_layer_loses, on the "layer" features), else "layer". None: `_normalization` decides.
-        Also the cv_logliks behind each decision, by set (layer_prior="cv" reuses them where "layer" stays)."""
+        (priors.last_layer_loses, on the "layer" features), else "layer". None: `_normalization` decides."""
         modes: list[str | None] = [None] * len(row_sets)
         if self.normalize != "cv":
-            return modes, {}
+            return modes
         open_sets = [i for i, rows in enumerate(row_sets) if not self._validates(codes, n_classes, [rows])]
         logliks = cv_logliks(X, codes, [row_sets[i] for i in open_sets], [seeds[i] for i in open_sets], "layer",
                              self._torch_device())
         for i, loglik in zip(open_sets, logliks):
             modes[i] = "standard" if last_layer_loses(loglik, len(row_sets[i])) else "layer"
-        return modes, dict(zip(open_sets, logliks))
+        return modes
 
     def _stack_groups(self, codes: np.ndarray, n_classes: int, row_sets: Sequence[np.ndarray],
                       pad: bool, modes: Sequence[str | None] | None = None) -> list[list[int]]:
@@ -237,9 +235,7 @@ class _StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
         return candidates[per_candidate.argmin(-1)]
 
     def _fit_stack(self, X: np.ndarray, codes: np.ndarray, n_classes: int, row_sets: Sequence[np.ndarray],
-                   seeds: Sequence[int], mode: str | None = None,
-                   checked: Sequence[np.ndarray | None] | None = None) -> list[dict[str, np.ndarray]]:
-        """One state per set. checked: per set, _set_modes's cv_logliks on the "layer" features, if it ran."""
+                   seeds: Sequence[int], mode: str | None = None) -> list[dict[str, np.ndarray]]:
         priors = None
         if self.layer_prior == "auto":
             priors = self._select_priors(X, codes, n_classes, row_sets, seeds, mode)  # (S, L)
@@ -249,10 +245,7 @@ class _StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
             priors = np.repeat(self._candidate_priors(X.shape[1])[1:2], len(row_sets), axis=0)
         elif self.layer_prior == "cv":  # on the features as the linear part will see them
             seen = mode or self._normalization(self._validates(codes, n_classes, row_sets))
-            if seen == "layer" and checked is not None:
-                logliks = list(checked)  # the check's own regressions: the same folds, on the same features
-            else:
-                logliks = cv_logliks(X, codes, row_sets, seeds, seen, self._torch_device())
+            logliks = cv_logliks(X, codes, row_sets, seeds, seen, self._torch_device())
             priors = np.stack([cv_prior(loglik, X.shape[1]) for loglik in logliks])
         states: list[dict[str, np.ndarray]] = [{} for _ in row_sets]
         for kernel in self._kernels(self._rich(codes, n_classes, row_sets)):  # one ensemble per part

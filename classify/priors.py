@@ -6,6 +6,8 @@ an (n_layers,) score added to the selector's attention logits, 0 for the favoure
 """
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from typing import Sequence
 
 import numpy as np
@@ -21,6 +23,10 @@ CV_PRIOR_FLOOR = -20.0  # ... and the lowest score it gives a layer
 LAST_LAYER_GAP = 0.01  # normalize="cv": nats per row by which another layer must beat the last one (see heads.py)
 CV_CHUNK_BYTES = 64 << 20  # cv_logliks's working memory per chunk of row sets, on a CPU ...
 CV_CHUNK_BYTES_GPU = 2 << 30  # ... and on a GPU
+# cv_logliks remembers each set's result by its content, so the heads of a sweep (scalar-mix and layer-attention
+# on the same rows and seeds) cross-validate each set once: the most recent CV_MEMO_SETS sets, (L,) floats each
+_memo: OrderedDict[bytes, np.ndarray] = OrderedDict()
+CV_MEMO_SETS = 4096
 
 
 def probe_prior(X: np.ndarray, codes: np.ndarray, n_classes: int, strength: float = PROBE_PRIOR) -> np.ndarray:
@@ -61,7 +67,8 @@ def cv_logliks(X: np.ndarray, codes: np.ndarray, row_sets: Sequence[np.ndarray],
     normalised by its own rows (features.normalised) when `normalization` is given.
 
     Every set's, layer's and fold's regression trains at once on `device` (logreg.py), in chunks of about
-    CV_CHUNK_BYTES of sets of one size (on a GPU, of any sizes, padded to the chunk's largest).
+    CV_CHUNK_BYTES of sets of one size (on a GPU, of any sizes, padded to the chunk's largest). A set whose
+    features, labels, seed, normalisation and device type were seen recently is not computed again (_memo).
     """
     from sklearn.model_selection import StratifiedKFold
 
@@ -70,15 +77,21 @@ def cv_logliks(X: np.ndarray, codes: np.ndarray, row_sets: Sequence[np.ndarray],
     pad = device.type != "cpu"  # as the heads' stacks: a CPU is bound by the rows it reads, a GPU by launches
     limit = CV_CHUNK_BYTES_GPU if pad else CV_CHUNK_BYTES
     out: list[np.ndarray | None] = [None] * len(row_sets)
-    todo = []  # (set, its compact class indices, its folds)
+    todo = []  # (set, its compact class indices, its folds, its _memo key)
     for i, (rows, seed) in enumerate(zip(row_sets, seeds)):
         compact = np.unique(codes[rows], return_inverse=True)[1]
         k = cv_folds(compact)
-        if k >= 2:
-            folds = np.empty(len(rows), np.int64)
-            for f, (_, held) in enumerate(StratifiedKFold(k, shuffle=True, random_state=seed).split(rows, compact)):
-                folds[held] = f
-            todo.append((i, compact, folds))
+        if k < 2:
+            continue
+        key = _memo_key(X, rows, compact, seed, normalization, device)
+        if key in _memo:
+            _memo.move_to_end(key)
+            out[i] = _memo[key].copy()
+            continue
+        folds = np.empty(len(rows), np.int64)
+        for f, (_, held) in enumerate(StratifiedKFold(k, shuffle=True, random_state=seed).split(rows, compact)):
+            folds[held] = f
+        todo.append((i, compact, folds, key))
     todo.sort(key=lambda t: len(row_sets[t[0]]))
     while todo:
         chunk = [todo.pop()]  # the largest left, then smaller sets while they fit
@@ -90,7 +103,7 @@ def cv_logliks(X: np.ndarray, codes: np.ndarray, row_sets: Sequence[np.ndarray],
         Z = np.zeros((len(chunk), L, n, H), np.float32)  # sets padded to the chunk's largest
         y = np.zeros((len(chunk), n), np.int64)
         folds = np.full((len(chunk), n), -1, np.int64)
-        for s, (i, compact, fold) in enumerate(chunk):
+        for s, (i, compact, fold, _) in enumerate(chunk):
             rows = row_sets[i]
             features = X[rows] if normalization is None else normalised(X[rows], normalization)  # (n_s, L, H)
             Z[s, :, :len(rows)] = features.transpose(1, 0, 2)
@@ -98,9 +111,27 @@ def cv_logliks(X: np.ndarray, codes: np.ndarray, row_sets: Sequence[np.ndarray],
         loglik = cross_validated(torch.from_numpy(Z).flatten(0, 1).to(device),
                                  torch.from_numpy(y).repeat_interleave(L, 0).to(device),
                                  torch.from_numpy(folds).repeat_interleave(L, 0).to(device), C)
-        for (i, _, _), row in zip(chunk, loglik.reshape(len(chunk), L).cpu().double().numpy()):
+        for (i, _, _, key), row in zip(chunk, loglik.reshape(len(chunk), L).cpu().double().numpy()):
             out[i] = row
+            _memo[key] = row.copy()
+            if len(_memo) > CV_MEMO_SETS:
+                _memo.popitem(last=False)
     return out
+
+
+def clear_cv_memo() -> None:
+    """Forget every set cv_logliks remembers (for timings that must compute their own)."""
+    _memo.clear()
+
+
+def _memo_key(X: np.ndarray, rows: np.ndarray, compact: np.ndarray, seed: int, normalization: str | None,
+              device: torch.device) -> bytes:
+    """What decides a set's cv_logliks: its rows' features and class indices, the seed, the normalisation and
+    the device type (a GPU rounds differently), as a blake2b digest (the features of 384 rows: ~4 ms)."""
+    h = hashlib.blake2b(np.ascontiguousarray(X[rows], dtype=np.float32))
+    h.update(np.ascontiguousarray(compact, dtype=np.int64))
+    h.update(repr((X.shape[1:], int(seed), normalization, device.type)).encode())
+    return h.digest()
 
 
 def _cv_bytes(n: int, L: int, H: int, C: int) -> int:

@@ -189,16 +189,22 @@ def test_normalize_cv_standardises_only_when_another_layer_beats_the_last():
 
 
 def test_cv_prior_reuses_the_checks_regressions_where_layer_normalisation_stays(monkeypatch):
-    import classify.heads as heads
+    import classify.priors as priors
 
     X, y = toy(n=200)
     X[:100, -1] = 2 * X[:100, 2]  # the first half's last layer carries the labels: "layer" stays
-    calls = []
-    monkeypatch.setattr(heads, "cv_logliks", lambda *a, **k: calls.append(a[4]) or cv_logliks(*a, **k))
+    runs, original = [], priors.cross_validated
+
+    def counted(Z, *args, **kwargs):  # records each run's number of regressions (sets x layers)
+        runs.append(len(Z))
+        return original(Z, *args, **kwargs)
+
+    monkeypatch.setattr(priors, "cross_validated", counted)
+    priors.clear_cv_memo()
     sets = [np.arange(100), np.arange(100, 200)]
     fitted = fit_many(LayerAttention(layer_prior="cv", epochs_without_validation=50), X, y, sets, [0, 1])
     assert [h.normalization_["linear"] for h in fitted] == ["layer", "standard"]
-    assert calls == ["layer", "standard"]  # the check, then the prior of the standardised set only
+    assert runs == [2 * 4, 4]  # the check of both sets, then the prior of the standardised set only
     for head, rows, seed in zip(fitted, sets, [0, 1]):
         codes = np.unique(y[rows], return_inverse=True)[1]
         loglik = cv_logliks(X[rows], codes, [np.arange(100)], [seed], head.normalization_["linear"])[0]

@@ -10,8 +10,16 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 import classify.logreg
 import classify.priors
 from classify.features import layer_stats, normalised
-from classify.priors import cv_loglik, cv_logliks, cv_prior, last_layer_loses, probe_prior
+from classify.priors import clear_cv_memo, cv_loglik, cv_logliks, cv_prior, last_layer_loses, probe_prior
 from tests.classify.test_heads import toy
+
+
+@pytest.fixture(autouse=True)
+def fresh_memo():
+    """Every test computes its cross-validations itself (cv_logliks remembers sets across calls)."""
+    clear_cv_memo()
+    yield
+    clear_cv_memo()
 
 
 def test_probe_prior_is_leave_one_out_nearest_centroid_accuracy_per_layer():
@@ -83,6 +91,7 @@ def mixed_sets(n: int = 150) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
 def test_cv_logliks_in_small_chunks_are_the_same(monkeypatch):
     X, codes, sets = mixed_sets()
     together = cv_logliks(X, codes, sets, range(6), "standard")
+    clear_cv_memo()
     monkeypatch.setattr(classify.priors, "CV_CHUNK_BYTES", 1)  # one set per chunk
     for a, b in zip(together, cv_logliks(X, codes, sets, range(6), "standard")):
         np.testing.assert_allclose(a, b, rtol=1e-4)
@@ -93,7 +102,32 @@ def test_cv_logliks_in_small_chunks_are_the_same(monkeypatch):
 def test_cv_logliks_on_a_gpu_are_the_cpus_up_to_rounding(split, monkeypatch):
     monkeypatch.setattr(classify.logreg, "SPLIT_CLASSES", 0 if split else 10**6)  # both ways of batching folds
     X, codes, sets = mixed_sets()  # sets of several sizes: padded together on the GPU
-    for cpu, gpu, rows in zip(cv_logliks(X, codes, sets, range(6), "layer"),
+    for cpu, gpu, rows in zip(cv_logliks(X, codes, sets, range(6), "layer"),  # two keys: the device type
                               cv_logliks(X, codes, sets, range(6), "layer", "cuda"), sets):
         np.testing.assert_allclose(cpu / len(rows), gpu / len(rows), atol=2e-3)
         assert last_layer_loses(cpu, len(rows)) == last_layer_loses(gpu, len(rows))
+
+
+def test_cv_logliks_remembers_sets_by_content(monkeypatch):
+    X, codes, sets = mixed_sets()
+    runs, original = [], classify.priors.cross_validated
+
+    def counted(Z, *args, **kwargs):  # records each run's number of regressions
+        runs.append(len(Z))
+        return original(Z, *args, **kwargs)
+
+    monkeypatch.setattr(classify.priors, "cross_validated", counted)
+    first = cv_logliks(X, codes, sets, range(6), "layer")
+    computed = sum(runs)
+    again = cv_logliks(X.copy(), codes, sets[::-1], range(5, -1, -1), "layer")[::-1]  # same content, new arrays
+    assert sum(runs) == computed  # nothing computed again
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    X2 = X.copy()
+    X2[sets[1][0], 0, 0] += 1.0  # one feature of one of set 1's rows changed
+    for changed in (lambda: cv_logliks(X, codes, sets[:1], [7], "layer"),  # another seed: other folds
+                    lambda: cv_logliks(X2, codes, sets[1:2], [1], "layer"),
+                    lambda: cv_logliks(X, codes, sets[:1], [0], "standard")):  # another normalisation
+        before = len(runs)
+        changed()
+        assert len(runs) == before + 1
