@@ -4,7 +4,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -22,14 +21,9 @@ from extract.corpus import CorpusSpec, Record, iter_records, scan
 from extract.encoder import COMPUTE_DTYPES, ModelInfo, describe_model, load_model, resolve_device, resolve_model
 from extract.errors import CacheMismatchError, InputError
 from extract.pooling import pool
+from extract.tokens import tokenize
 
 STORAGE_DTYPES = ("float16", "float32")
-CHARS_PER_TOKEN_CAP = 32  # texts are cut to max_length * 32 characters before tokenising: bounded memory
-# A fast tokenizer first sees a tighter cut (English runs at ~4.5 characters per token); a document is tokenised
-# again from the wide cut unless its kept tokens end at least LOCALITY_MARGIN characters before the tight cut
-TIGHT_CHARS_PER_TOKEN = 6
-LOCALITY_MARGIN = 64
-_NON_SPACE = re.compile(r"\S")
 
 
 @dataclass(frozen=True)
@@ -144,11 +138,12 @@ def _blocks(records: Iterator[Record], size: int) -> Iterator[list[Record]]:
         yield block
 
 
-def _prefetched(blocks: Iterator[tuple[int, list[Record]]], tokenize, pool: ThreadPoolExecutor) -> Iterator[tuple]:
+def _prefetched(blocks: Iterator[tuple[int, list[Record]]], tokenize_block,
+                pool: ThreadPoolExecutor) -> Iterator[tuple]:
     """Tokenise block b+1 in a worker thread while block b runs through the model."""
     ahead = None
     for b, block in blocks:
-        future = pool.submit(tokenize, block)
+        future = pool.submit(tokenize_block, block)
         if ahead is not None:
             yield ahead[0], ahead[1].result()
         ahead = (b, future)
@@ -163,56 +158,13 @@ class BlockEncoder:
                  max_length: int, token_layers: list[int] | None) -> None:
         self.model, self.tokenizer, self.device = model, tokenizer, device
         self.settings, self.max_length, self.token_layers = settings, max_length, token_layers
-        self.max_chars = max_length * CHARS_PER_TOKEN_CAP
         # measured (bench/extract_speed.py): CPUs run fastest on small batches that stay in cache
         self.batch_tokens = settings.batch_tokens or (4096 if device.type == "cpu" else 16384)
         self.storage = torch.float16 if settings.storage_dtype == "float16" else torch.float32
 
     def tokenize(self, block: Sequence[Record]) -> tuple[list[list[int]], list[list[int]] | None, np.ndarray]:
-        """Token ids (and token type ids) per document, truncated to max_length, and a truncated flag.
-
-        Texts are cut before tokenising, so a huge document costs no more than a long one: at max_length × 32
-        characters, or first, for single texts and a fast tokenizer, at max_length × 6 + 64. Tokens are decided word
-        by word, so a document whose kept tokens end LOCALITY_MARGIN characters or more before the tight cut has
-        the ids of its whole text; any other cut document is tokenised again from the wide cut. Measured on BBC
-        News + 2,000 TREC questions (max_length 256), tokenising took 0.69 s instead of 1.09, with the same ids.
-        """
-        if block[0].text_pair is not None or not self.tokenizer.is_fast:
-            return self._tokenize(block, self.max_chars)
-        ids, types, truncated = self._tokenize(block, self.max_length * TIGHT_CHARS_PER_TOKEN + LOCALITY_MARGIN,
-                                               tight=True)
-        again = [i for i, x in enumerate(ids) if x is None]
-        if again:
-            wide = self._tokenize([block[i] for i in again], self.max_chars)
-            for k, i in enumerate(again):
-                ids[i], truncated[i] = wide[0][k], wide[2][k]
-                if types is not None:
-                    types[i] = wide[1][k]
-        return ids, types, truncated
-
-    def _tokenize(self, block: Sequence[Record], max_chars: int, tight: bool = False) -> tuple[list, list | None,
-                                                                                            np.ndarray]:
-        """tokenize() with texts cut at max_chars; with `tight`, ids None for documents to tokenise again."""
-        texts = [r.text[:max_chars] for r in block]
-        pairs = [(r.text_pair or "")[:max_chars] for r in block] if block[0].text_pair is not None else None
-        cut = np.array([len(r.text) > max_chars or len(r.text_pair or "") > max_chars for r in block])
-        by_offsets = pairs is None and self.tokenizer.is_fast
-        enc = self.tokenizer(texts, pairs, truncation=True, max_length=self.max_length,
-                             return_offsets_mapping=by_offsets)
-        ids = enc["input_ids"]
-        types = enc.get("token_type_ids")
-        full = np.array([len(x) >= self.max_length for x in ids])  # only these can have been truncated
-        for i in np.flatnonzero(full | cut if tight else full & ~cut):
-            if by_offsets:  # truncated when text that is not space follows the last token kept
-                end = max(end for _, end in enc["offset_mapping"][i])
-                if tight and cut[i] and (not full[i] or end > max_chars - LOCALITY_MARGIN):
-                    ids[i] = None  # too close to the cut to trust: tokenise again from the wide cut
-                    continue
-                full[i] = _NON_SPACE.search(block[i].text, end) is not None
-            else:
-                again = self.tokenizer(texts[i], pairs[i] if pairs else None, truncation=False, verbose=False)
-                full[i] = len(again["input_ids"]) > self.max_length
-        return ids, types, full if tight else full | cut
+        """Token ids (and token type ids) per document, truncated to max_length, and a truncated flag (tokens.py)."""
+        return tokenize(self.tokenizer, block, self.max_length)
 
     @torch.inference_mode()
     def encode(self, tokenized: tuple[list[list[int]], list[list[int]] | None, np.ndarray]) -> dict[str, np.ndarray]:

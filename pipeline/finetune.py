@@ -36,7 +36,7 @@ from extract.corpus import CorpusSpec, Record
 from extract.encoder import describe_model, load_model, resolve_device, resolve_model, weights_hash
 from extract.errors import InputError
 from extract.pooling import pool
-from extract.run import CHARS_PER_TOKEN_CAP
+from extract.tokens import tokenize
 from pipeline.settings import FinetuneSettings
 from pipeline.sweep import budget_rows
 
@@ -141,11 +141,7 @@ class Tokenized:
     """Token ids of some records, padded per batch on the right."""
 
     def __init__(self, tokenizer, records: Sequence[Record], max_length: int) -> None:
-        cap = max_length * CHARS_PER_TOKEN_CAP  # as extract: a huge document costs no more than a long one
-        texts = [r.text[:cap] for r in records]
-        pairs = [(r.text_pair or "")[:cap] for r in records] if records and records[0].text_pair is not None else None
-        enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
-        self.ids, self.types = enc["input_ids"], enc.get("token_type_ids")
+        self.ids, self.types, _ = tokenize(tokenizer, records, max_length) if records else ([], None, None)
         self.lengths = np.array([len(x) for x in self.ids])
         self.pad_id = tokenizer.pad_token_id
 

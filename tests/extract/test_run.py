@@ -118,36 +118,6 @@ def test_a_million_character_document_is_truncated_and_counted(tmp_path, tiny_be
         assert cache.meta["max_length"] == 32
 
 
-@pytest.mark.parametrize("fixture", ["tiny_bert", "tiny_gpt2"])
-@pytest.mark.parametrize("max_length", [16, 64])
-def test_the_tight_cut_gives_the_ids_of_the_wide_one(request, bbc_slice, fixture, max_length):
-    from extract.corpus import Record
-    from extract.run import BlockEncoder, ExtractSettings
-
-    tokenizer = AutoTokenizer.from_pretrained(request.getfixturevalue(fixture))
-    articles = [p.read_text() for p in sorted(bbc_slice.rglob("*.txt"))]  # real articles: every one is cut
-    texts = articles + ["x" * 3000, "short", "a " * 400, "α" * 150 + " βγ" * 900]  # the first and last go wide
-    block = [Record(i + 1, str(i), t, None, None) for i, t in enumerate(texts)]
-    encoder = BlockEncoder(None, tokenizer, torch.device("cpu"), ExtractSettings(), max_length, None)
-    ids, _, truncated = encoder.tokenize(block)
-    wide_ids, _, wide_truncated = encoder._tokenize(block, encoder.max_chars)  # the wide cut alone, as before
-    assert ids == wide_ids == [tokenizer(t, truncation=True, max_length=max_length)["input_ids"] for t in texts]
-    assert truncated.tolist() == wide_truncated.tolist()
-    assert truncated[:len(articles)].all()
-
-
-def test_a_document_that_ends_in_spaces_past_the_cut_is_not_truncated(tiny_bert):
-    from extract.corpus import Record
-    from extract.run import BlockEncoder, ExtractSettings
-
-    encoder = BlockEncoder(None, AutoTokenizer.from_pretrained(tiny_bert), torch.device("cpu"), ExtractSettings(),
-                           16, None)
-    block = [Record(1, "0", "word " * 14 + " " * 5000, None, None)]  # 14 words + 2 special tokens: 16 exactly
-    ids, _, truncated = encoder.tokenize(block)
-    assert len(ids[0]) == 16 and truncated.tolist() == [False]
-    assert encoder._tokenize(block, encoder.max_chars)[2].tolist() == [True]  # the wide cut alone flags any cut
-
-
 def test_max_length_is_capped_at_the_position_limit(tmp_path, small_csv, tiny_gpt2):
     out = tmp_path / "g.h5"
     run(small_csv, out, tiny_gpt2, max_length=10_000, poolings=["last"])
