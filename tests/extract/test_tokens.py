@@ -42,11 +42,3 @@ def test_sentence_pairs_are_cut_wide_and_keep_their_token_types(tiny_bert):
     assert ids == whole["input_ids"] and types == whole["token_type_ids"]
     assert truncated.tolist() == [True, False]
 
-
-def test_a_slow_tokenizer_takes_the_wide_cut_and_counts_truncation_itself(tiny_bert):
-    tokenizer = AutoTokenizer.from_pretrained(tiny_bert, use_fast=False)
-    assert not tokenizer.is_fast
-    texts = ["word " * 14, "word " * 15, "short", "word " * 5000]
-    ids, _, truncated = tokenize(tokenizer, records(texts), 16)
-    assert ids == [tokenizer(t, truncation=True, max_length=16)["input_ids"] for t in texts]
-    assert truncated.tolist() == [False, True, False, True]
