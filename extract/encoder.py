@@ -143,22 +143,23 @@ def weights_memo_path() -> Path:
 def _read_memo() -> dict:
     try:
         memo = json.loads(weights_memo_path().read_text())
-    except (OSError, ValueError):  # none yet, unreadable or damaged: hash again
+    except (OSError, ValueError, RuntimeError):  # none yet, unreadable, damaged, or no home folder: hash again
         return {}
     return memo if isinstance(memo, dict) else {}
 
 
 def _write_memo(memo: dict) -> None:
     """Publish the memo with os.replace; a cache folder that cannot be written only costs a hash next time."""
-    path, tmp = weights_memo_path(), None
+    tmp = None
     memo = {k: v for k, v in memo.items() if Path(k).is_dir()}  # forget folders that are gone (staged models)
     try:
+        path = weights_memo_path()
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
             tmp = f.name
             json.dump(memo, f)
         os.replace(tmp, path)
-    except OSError:
+    except (OSError, RuntimeError):  # RuntimeError: Path.home() without a home folder
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
 

@@ -39,3 +39,14 @@ def test_a_damaged_memo_costs_a_hash_and_nothing_else(tmp_path, monkeypatch):
     assert weights_hash(str(folder)) == hashlib.sha256(b"pytorch_model.bin" + b"weights").hexdigest()
     assert str(folder.resolve()) in json.loads(weights_memo_path().read_text())  # rewritten whole
     assert [p.name for p in weights_memo_path().parent.iterdir()] == ["weights-sha256.json"]  # no temp file left
+
+
+def test_without_a_writable_cache_folder_the_hash_is_still_right(tmp_path, monkeypatch):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))  # finetext/ cannot be made under a file
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"w")
+    for _ in range(2):  # nothing remembered: hashed both times
+        assert weights_hash(str(folder)) == hashlib.sha256(b"model.safetensors" + b"w").hexdigest()
