@@ -7,6 +7,7 @@ an (n_layers,) score added to the selector's attention logits, 0 for the favoure
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
 from typing import Sequence
 
@@ -26,6 +27,7 @@ CV_CHUNK_BYTES_GPU = 2 << 30  # ... and on a GPU
 # cv_logliks remembers each set's result by its content, so the heads of a sweep (scalar-mix and layer-attention
 # on the same rows and seeds) cross-validate each set once: the most recent CV_MEMO_SETS sets, (L,) floats each
 _memo: OrderedDict[bytes, np.ndarray] = OrderedDict()
+_memo_lock = threading.Lock()  # heads may fit in threads (joblib's threading backend)
 CV_MEMO_SETS = 4096
 
 
@@ -84,10 +86,11 @@ def cv_logliks(X: np.ndarray, codes: np.ndarray, row_sets: Sequence[np.ndarray],
         if k < 2:
             continue
         key = _memo_key(X, rows, compact, seed, normalization, device)
-        if key in _memo:
-            _memo.move_to_end(key)
-            out[i] = _memo[key].copy()
-            continue
+        with _memo_lock:
+            if key in _memo:
+                _memo.move_to_end(key)
+                out[i] = _memo[key].copy()
+                continue
         folds = np.empty(len(rows), np.int64)
         for f, (_, held) in enumerate(StratifiedKFold(k, shuffle=True, random_state=seed).split(rows, compact)):
             folds[held] = f
@@ -113,15 +116,17 @@ def cv_logliks(X: np.ndarray, codes: np.ndarray, row_sets: Sequence[np.ndarray],
                                  torch.from_numpy(folds).repeat_interleave(L, 0).to(device), C)
         for (i, _, _, key), row in zip(chunk, loglik.reshape(len(chunk), L).cpu().double().numpy()):
             out[i] = row
-            _memo[key] = row.copy()
-            if len(_memo) > CV_MEMO_SETS:
-                _memo.popitem(last=False)
+            with _memo_lock:
+                _memo[key] = row.copy()
+                while len(_memo) > CV_MEMO_SETS:
+                    _memo.popitem(last=False)
     return out
 
 
 def clear_cv_memo() -> None:
     """Forget every set cv_logliks remembers (for timings that must compute their own)."""
-    _memo.clear()
+    with _memo_lock:
+        _memo.clear()
 
 
 def _memo_key(X: np.ndarray, rows: np.ndarray, compact: np.ndarray, seed: int, normalization: str | None,

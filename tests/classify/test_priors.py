@@ -131,3 +131,19 @@ def test_cv_logliks_remembers_sets_by_content(monkeypatch):
         before = len(runs)
         changed()
         assert len(runs) == before + 1
+
+
+def test_cv_logliks_from_many_threads_at_once(monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    X, codes, sets = mixed_sets()
+    alone = cv_logliks(X, codes, sets, range(6), "layer")
+    clear_cv_memo()
+    monkeypatch.setattr(classify.priors, "CV_MEMO_SETS", 2)  # sets leave the memo while others look them up
+    with ThreadPoolExecutor(4) as pool:
+        runs = list(pool.map(lambda r: cv_logliks(X, codes, sets[r:] + sets[:r], [*range(6)][r:] + [*range(r)],
+                                                  "layer"), [0, 1, 2, 3, 4, 5] * 2))
+    for r, result in zip([0, 1, 2, 3, 4, 5] * 2, runs):
+        for a, b in zip(alone[r:] + alone[:r], result):
+            np.testing.assert_allclose(a, b, rtol=1e-4)
+    assert len(classify.priors._memo) <= 2
