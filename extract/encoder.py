@@ -122,8 +122,9 @@ def weights_hash(model: str) -> str | None:
     stamps = [[p.name, st.st_size, st.st_mtime_ns] for p in files for st in (p.stat(),)]
     key = str(folder.resolve())
     memo = _read_memo()
-    if memo.get(key, {}).get("files") == stamps:
-        return memo[key]["sha256"]
+    entry = memo.get(key)
+    if isinstance(entry, dict) and entry.get("files") == stamps and isinstance(entry.get("sha256"), str):
+        return entry["sha256"]
     h = hashlib.sha256()
     for path in files:
         h.update(path.name.encode())

@@ -39,6 +39,8 @@ def test_a_damaged_memo_costs_a_hash_and_nothing_else(tmp_path, monkeypatch):
     assert weights_hash(str(folder)) == hashlib.sha256(b"pytorch_model.bin" + b"weights").hexdigest()
     assert str(folder.resolve()) in json.loads(weights_memo_path().read_text())  # rewritten whole
     assert [p.name for p in weights_memo_path().parent.iterdir()] == ["weights-sha256.json"]  # no temp file left
+    weights_memo_path().write_text(json.dumps({str(folder.resolve()): ["not", "an", "entry"]}))  # JSON, wrong shape
+    assert weights_hash(str(folder)) == hashlib.sha256(b"pytorch_model.bin" + b"weights").hexdigest()
 
 
 def test_without_a_writable_cache_folder_the_hash_is_still_right(tmp_path, monkeypatch):
