@@ -17,10 +17,12 @@ LOCALITY_MARGIN = 64
 _NON_SPACE = re.compile(r"\S")
 
 
-def tokenize(tokenizer, block: Sequence[Record], max_length: int) -> tuple[list[list[int]], list[list[int]] | None,
-                                                                           np.ndarray]:
+def tokenize(tokenizer, block: Sequence[Record], max_length: int,
+             flags: bool = True) -> tuple[list[list[int]], list[list[int]] | None, np.ndarray]:
     """Token ids (and token type ids, when the tokenizer gives them) per document, truncated to max_length, and
-    whether each was truncated (non-space text follows the last token kept).
+    whether each was truncated (non-space text follows the last token kept). Without `flags` (fine-tuning needs
+    none), sentence pairs and slow tokenizers are not tokenised a second time to tell, and their flags mean only
+    "max_length tokens or a cut text".
 
     Texts are cut before tokenising: at max_length × 32 characters, or first, for single texts and a fast
     tokenizer, at max_length × 6 + 64. Tokens are decided word by word, so a document whose kept tokens end
@@ -30,7 +32,7 @@ def tokenize(tokenizer, block: Sequence[Record], max_length: int) -> tuple[list[
     """
     wide = max_length * CHARS_PER_TOKEN_CAP
     if block[0].text_pair is not None or not tokenizer.is_fast:
-        return _tokenize(tokenizer, block, max_length, wide)
+        return _tokenize(tokenizer, block, max_length, wide, flags=flags)
     first_cut = max_length * TIGHT_CHARS_PER_TOKEN + LOCALITY_MARGIN
     ids, types, truncated = _tokenize(tokenizer, block, max_length, first_cut, tight=True)
     again = [i for i, x in enumerate(ids) if x is None]
@@ -43,8 +45,8 @@ def tokenize(tokenizer, block: Sequence[Record], max_length: int) -> tuple[list[
     return ids, types, truncated
 
 
-def _tokenize(tokenizer, block: Sequence[Record], max_length: int, max_chars: int,
-              tight: bool = False) -> tuple[list, list | None, np.ndarray]:
+def _tokenize(tokenizer, block: Sequence[Record], max_length: int, max_chars: int, tight: bool = False,
+              flags: bool = True) -> tuple[list, list | None, np.ndarray]:
     """tokenize() with texts cut at max_chars; with `tight`, ids None for documents to tokenise again. Without
     it, a cut text counts as truncated (its end is never read)."""
     texts = [r.text[:max_chars] for r in block]
@@ -62,7 +64,7 @@ def _tokenize(tokenizer, block: Sequence[Record], max_length: int, max_chars: in
                 ids[i] = None  # too close to the cut to trust: tokenise again from the wide cut
                 continue
             full[i] = _NON_SPACE.search(block[i].text, end) is not None
-        else:
+        elif flags:
             again = tokenizer(texts[i], pairs[i] if pairs else None, truncation=False, verbose=False)
             full[i] = len(again["input_ids"]) > max_length
     return ids, types, full if tight else full | cut

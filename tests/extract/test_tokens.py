@@ -42,3 +42,12 @@ def test_sentence_pairs_are_cut_wide_and_keep_their_token_types(tiny_bert):
     assert ids == whole["input_ids"] and types == whole["token_type_ids"]
     assert truncated.tolist() == [True, False]
 
+
+
+def test_without_flags_pairs_are_tokenised_once(tiny_bert):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    block = [Record(1, "0", "is it " * 5, "yes " * 5, None)]  # 10 + 5 words + 3 special tokens: 18 exactly
+    exact, _, truncated = tokenize(tokenizer, block, 18)
+    assert len(exact[0]) == 18 and truncated.tolist() == [False]  # told by tokenising it again, whole
+    ids, _, loose = tokenize(tokenizer, block, 18, flags=False)
+    assert ids == exact and loose.tolist() == [True]  # only "max_length tokens": no second pass
