@@ -30,6 +30,8 @@ def tokenize(tokenizer, block: Sequence[Record], max_length: int,
     is tokenised again from the wide cut. Measured on BBC News + 2,000 TREC questions (max_length 256),
     tokenising took 0.69 s instead of 1.09, with the same ids.
     """
+    if not block:
+        return [], None, np.zeros(0, bool)
     wide = max_length * CHARS_PER_TOKEN_CAP
     if block[0].text_pair is not None or not tokenizer.is_fast:
         return _tokenize(tokenizer, block, max_length, wide, flags=flags)

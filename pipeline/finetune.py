@@ -141,7 +141,7 @@ class Tokenized:
     """Token ids of some records, padded per batch on the right."""
 
     def __init__(self, tokenizer, records: Sequence[Record], max_length: int) -> None:
-        self.ids, self.types, _ = tokenize(tokenizer, records, max_length, flags=False) if records else ([], None, None)
+        self.ids, self.types, _ = tokenize(tokenizer, records, max_length, flags=False)
         self.lengths = np.array([len(x) for x in self.ids])
         self.pad_id = tokenizer.pad_token_id
 

@@ -51,3 +51,8 @@ def test_without_flags_pairs_are_tokenised_once(tiny_bert):
     assert len(exact[0]) == 18 and truncated.tolist() == [False]  # told by tokenising it again, whole
     ids, _, loose = tokenize(tokenizer, block, 18, flags=False)
     assert ids == exact and loose.tolist() == [True]  # only "max_length tokens": no second pass
+
+
+def test_no_documents_no_tokens(tiny_bert):
+    ids, types, truncated = tokenize(AutoTokenizer.from_pretrained(tiny_bert), [], 16)
+    assert ids == [] and types is None and truncated.shape == (0,)
