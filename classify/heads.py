@@ -5,18 +5,18 @@ in one vectorised pass (see stack.py). With enough labels (min_val_per_class per
 member early-stops on its own stratified fold of the training rows, so together they use every row; with
 fewer they train a fixed number of epochs as one member. Predictions average the members' probabilities.
 
-Features are normalised per layer on the training rows (`normalize`). "layer" (see
-features.normalization_stats) scales every document's vector to unit length, centres it, and weights each
-layer by its isotropy, a label-free measure of how spread out the layer's documents are, which leans on the
-last layer (the most isotropic in MiniLM); "standard" standardises every dimension, every layer alike. "auto"
-takes "standard" when the ensemble validates and "layer" with fewer labels. "cv" (the default) is "auto", except
-that with few labels it standardises when another layer predicts the labelled rows better than the last one
-(cross-validated logistic regression per layer, priors.last_layer_loses; every row set's, layer's and fold's
-regression of a fit trains at once on the fit's device, logreg.py). Measured (README): with 4-64 labels per class
-"layer" beat "standard" where the last layer is the best single layer (BBC News, banking77: "standard" lost up
-to 2 and 9 points) and lost to it where it is not (TREC-50: 43.5 against 50.1 at 4/class, 61.4 against 71.9
-at 16; TREC-6 by 0.4-1.8); "cv" follows the better of the two on every dataset but BBC News at 4/class (89.1,
-"layer" 89.9). With all the labels "standard" was better (TREC-6 94.1 against 93.0).
+Features are normalised per layer on the training rows (`normalize`). "layer" (see features.normalization_stats)
+scales every document's vector to unit length, centres it, and weights each layer by its isotropy, a label-free
+measure of how spread out the layer's documents are, which leans on the last layer (the most isotropic in MiniLM);
+"standard" standardises every dimension, every layer alike. "auto" takes "standard" when the ensemble validates and
+"layer" with fewer labels. "cv" (the default) is "auto", except that with few labels it standardises when another
+layer predicts the labelled rows better than the last one (cross-validated logistic regression per layer,
+priors.last_layer_loses; every row set's, layer's and fold's regression of a fit trains at once on the fit's
+device, logreg.py). Measured (docs/experiments.md): with 4-64 labels per class "layer" beat "standard" where the
+last layer is the best single layer (BBC News, banking77: "standard" lost up to 2 and 9 points) and lost to it
+where it is not (TREC-50: 43.5 against 50.1 at 4/class, 61.4 against 71.9 at 16; TREC-6 by 0.4-1.8); "cv" follows
+the better of the two on every dataset but BBC News at 4/class (89.1, "layer" 89.9). With all the labels "standard"
+was better (TREC-6 94.1 against 93.0).
 
 The per-layer classifiers are linear in the layers' vectors (`kernel="linear"`) or in RBF kernel features of
 them (`"rbf"`: a Nyström map per layer on `n_landmarks` of the training rows, see kernel.py). "both" trains
@@ -30,7 +30,7 @@ The selector starts from, and is held near, a prior over layers (`layer_prior`):
 treats every layer alike; "probe" scores each layer by how well it alone separates the labelled rows
 (leave-one-out nearest centroid, no training); "cv" by each layer's cross-validated logistic-regression
 log-likelihood on the labelled rows (see priors.py: closer to the best single layer on TREC-6, worse where mixing
-layers wins, as on BBC News; README); "last" favours the last layer; "auto" picks uniform or last by k-fold
+layers wins, as on BBC News; docs/experiments.md); "last" favours the last layer; "auto" picks uniform or last by k-fold
 cross-validation.
 
 `precision="bf16"` stores the normalised features in bfloat16 and multiplies in it (autocast; parameters,

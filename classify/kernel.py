@@ -1,8 +1,8 @@
 """Per-layer RBF kernel features (Nyström, landmarks drawn from the training rows) for the vectorised heads.
 
-A linear classifier on these features is a kernel classifier on the layer's vectors: on TREC-6 with all its
-labels, an RBF SVM on one MiniLM layer reached 96.0% where linear classifiers reached 93–94.6 (README), so with
-enough labels the heads train one ensemble on the layers as they are and one on their kernel features
+A linear classifier on these features is a kernel classifier on the layer's vectors: on TREC-6 with all its labels,
+an RBF SVM on one MiniLM layer reached 96.0% where linear classifiers reached 93–94.6 (docs/experiments.md), so
+with enough labels the heads train one ensemble on the layers as they are and one on their kernel features
 (`kernel="auto"` in heads.py).
 
 For layer l with landmarks z_1..z_m (training rows' unit vectors) and K = k(Z, Z), a row x maps to
