@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from extract.batching import pad_right, token_budget_batches
 from extract.cache import FORMAT, POOLINGS, SCHEMA_VERSION, ShardStore, partial_dir, read_attrs, write_cache
-from extract.corpus import CorpusSpec, Record, iter_records, scan
+from extract.corpus import CorpusSpec, CorpusSummary, Record, iter_records, scan
 from extract.encoder import COMPUTE_DTYPES, ModelInfo, describe_model, load_model, resolve_device, resolve_model
 from extract.errors import CacheMismatchError, InputError
 from extract.pooling import pool
@@ -242,25 +242,8 @@ def extract_corpus(
     identity = settings_identity(settings, info, length, info.n_layers)
     fingerprints = {"corpus_fingerprint": summary.fingerprint, "settings_fingerprint": fingerprint(identity)}
 
-    if output.exists():
-        existing = read_attrs(output)
-        theirs = {k: existing.get(k) for k in fingerprints}
-        if theirs == fingerprints and not force:
-            return ExtractResult(output, "up to date", summary.n_docs, time.perf_counter() - start)
-        if not force:
-            differ = [{"corpus": "another corpus", "settings": "other settings"}[k.split("_")[0]]
-                      for k in fingerprints if theirs[k] != fingerprints[k]]
-            old_identity = existing.get("settings") or {}
-            changed = [f"  {k}: cache {old_identity.get(k)!r}, asked {v!r}"
-                       for k, v in identity.items() if old_identity.get(k) != v]
-            raise CacheMismatchError(
-                f"{output} was built from {' and '.join(differ)}:\n"
-                + "\n".join(f"  {k}: cache {theirs[k]}\n  {' ' * len(k)}  asked {fingerprints[k]}"
-                            for k in fingerprints)
-                + ("\n" + "\n".join(changed) if "other settings" in differ else "")
-                + "\nFix: pass --force to rebuild it (the old file stays until the new one is complete), "
-                  "or choose another --output."
-            )
+    if _up_to_date(output, fingerprints, identity, force):
+        return ExtractResult(output, "up to date", summary.n_docs, time.perf_counter() - start)
     if output.parent and not output.parent.exists():
         output.parent.mkdir(parents=True)
 
@@ -283,7 +266,40 @@ def extract_corpus(
 
     label_index = {name: i for i, name in enumerate(summary.label_names)}
     labels = np.array([label_index[x] if x is not None else -1 for x in summary.labels], dtype=np.int32)
-    attrs = {
+    attrs = _cache_attrs(spec, settings, info, length, torch_device, summary, layers_kept, identity, fingerprints)
+    write_cache(output, shards, n_blocks, attrs, summary.ids, labels, summary.label_names)
+    shards.remove()
+    return ExtractResult(output, "resumed" if resumed else "created", summary.n_docs, time.perf_counter() - start)
+
+
+def _up_to_date(output: Path, fingerprints: dict[str, str], identity: dict[str, Any], force: bool) -> bool:
+    """Whether `output` already holds this corpus with these settings. A cache of another corpus or other settings
+    is refused (CacheMismatchError, both fingerprints and the settings that differ shown) unless `force`."""
+    if force or not output.exists():
+        return False
+    existing = read_attrs(output)
+    theirs = {k: existing.get(k) for k in fingerprints}
+    if theirs == fingerprints:
+        return True
+    differ = [{"corpus": "another corpus", "settings": "other settings"}[k.split("_")[0]]
+              for k in fingerprints if theirs[k] != fingerprints[k]]
+    old_identity = existing.get("settings") or {}
+    changed = [f"  {k}: cache {old_identity.get(k)!r}, asked {v!r}"
+               for k, v in identity.items() if old_identity.get(k) != v]
+    raise CacheMismatchError(
+        f"{output} was built from {' and '.join(differ)}:\n"
+        + "\n".join(f"  {k}: cache {theirs[k]}\n  {' ' * len(k)}  asked {fingerprints[k]}" for k in fingerprints)
+        + ("\n" + "\n".join(changed) if "other settings" in differ else "")
+        + "\nFix: pass --force to rebuild it (the old file stays until the new one is complete), "
+          "or choose another --output."
+    )
+
+
+def _cache_attrs(spec: CorpusSpec, settings: ExtractSettings, info: ModelInfo, length: int, device: torch.device,
+                 summary: CorpusSummary, layers_kept: list[int] | None, identity: dict[str, Any],
+                 fingerprints: dict[str, str]) -> dict[str, Any]:
+    """The cache's self-description (docs/cache-format.md): format, model, settings, versions, corpus, fingerprints."""
+    return {
         "format": FORMAT,
         "schema_version": SCHEMA_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -293,7 +309,7 @@ def extract_corpus(
         "poolings": settings.ordered_poolings,
         "compute_dtype": settings.compute_dtype,
         "storage_dtype": settings.storage_dtype,
-        "device": str(torch_device),
+        "device": str(device),
         "n_docs": summary.n_docs,
         "token_layers": layers_kept,
         "library_versions": library_versions(),
@@ -302,9 +318,6 @@ def extract_corpus(
         "settings": identity,
         **fingerprints,
     }
-    write_cache(output, shards, n_blocks, attrs, summary.ids, labels, summary.label_names)
-    shards.remove()
-    return ExtractResult(output, "resumed" if resumed else "created", summary.n_docs, time.perf_counter() - start)
 
 
 __all__ = ["ExtractSettings", "ExtractResult", "extract_corpus", "partial_dir"]
