@@ -281,43 +281,9 @@ class _StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
         mode = mode or self._normalization(use_val, kernel)
         # without validation folds every member would see the same rows and reach the same optimum
         S, M = len(row_sets), (len(folds[0]) if folds is not None else self.n_members if use_val else 1)
-        n_max = max(len(r) for r in row_sets)
-        idx = np.zeros((S, n_max), dtype=np.int64)  # padding points at row 0 with weight 0
-        w_train = np.zeros((S, M, n_max), dtype=np.float32)
-        w_val = np.zeros((S, M, n_max), dtype=np.float32)
-        for s, (rows, seed) in enumerate(zip(row_sets, seeds)):
-            n = len(rows)
-            idx[s, :n] = rows
-            counts = np.bincount(codes[rows], minlength=n_classes).astype(np.float32)
-            balance = (n / (n_classes * np.maximum(counts, 1)))[codes[rows]] \
-                if self.class_weight == "balanced" else np.ones(n, np.float32)
-            if folds is not None:  # member m validates on fold folds[s][m]
-                fold = stratified_folds(codes[rows], n_folds, seed)
-                w_val[s, :, :n] = fold[None, :] == folds[s][:, None]
-                w_train[s, :, :n] = balance[None, :] * (1 - w_val[s, :, :n])
-            elif use_val:  # member m validates on fold m and trains on the rest
-                fold = stratified_folds(codes[rows], M, seed)
-                w_val[s, :, :n] = fold[None, :] == np.arange(M)[:, None]
-                w_train[s, :, :n] = balance[None, :] * (1 - w_val[s, :, :n])
-            else:
-                w_train[s, :, :n] = balance[None, :]
-        raw = X[idx]  # (S, n_max, L, H)
-        maps: list[dict[str, np.ndarray]] = [{} for _ in row_sets]
-        if kernel == "rbf":  # each set's map from its own rows: (S, n_max, L, m)
-            raw = unit_length(raw, inplace=True)
-            maps = [rbf_map(raw[s, :len(rows)], self.n_landmarks, seed)
-                    for s, (rows, seed) in enumerate(zip(row_sets, seeds))]
-            mapped = np.empty((*raw.shape[:3], maps[0]["map_projection"].shape[-1]), np.float32)
-            for s in range(S):  # sets of one stack have one number of landmarks (_stack_groups)
-                apply_map(raw[s], maps[s], out=mapped[s])
-            raw = mapped
-        gathered = prepare(raw, mode, inplace=True)  # (S, n_max, L, H), H the kernel features' width for rbf
-        del raw  # gathered is raw (this fit's own copy of its rows), normalised in place from here on
-        L, H = gathered.shape[2:]  # each set's stats below from its own rows
-        stats = [normalization_stats(gathered[s, :len(rows)], mode) for s, rows in enumerate(row_sets)]
-        mean, std = np.stack([m for m, _ in stats]), np.stack([d for _, d in stats])  # (S, L, H) each
-        gathered -= mean[:, None]  # in place: one copy of the features fewer at the peak (SST-2, all: ~1 GB)
-        gathered /= std[:, None]
+        idx, w_train, w_val = self._row_weights(codes, n_classes, row_sets, seeds, M, folds, n_folds, use_val)
+        gathered, maps, mean, std = self._features(X, idx, row_sets, seeds, kernel, mode)
+        L, H = gathered.shape[2:]
         device = self._torch_device()
         x = layer_major(torch.from_numpy(gathered).to(device))  # (S, n_max, L, H)
         del gathered
@@ -354,6 +320,57 @@ class _StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
                  "mean": mean[s], "std": std[s], "best_epoch": best_epoch[s].astype(np.int64), "normalization": mode,
                  "layer_weights": weights[s, :len(rows)].mean(0)}
                 for s, rows in enumerate(row_sets)], losses
+
+    def _row_weights(self, codes: np.ndarray, n_classes: int, row_sets: Sequence[np.ndarray], seeds: Sequence[int],
+                     M: int, folds: list[np.ndarray] | None, n_folds: int,
+                     use_val: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """idx (S, n_max): each set's rows, padded with row 0; w_train and w_val (S, M, n_max): each member's
+        training weights (class-balanced if asked) and validation rows, 0 on padding. See _train for `folds`."""
+        S, n_max = len(row_sets), max(len(r) for r in row_sets)
+        idx = np.zeros((S, n_max), dtype=np.int64)  # padding points at row 0 with weight 0
+        w_train = np.zeros((S, M, n_max), dtype=np.float32)
+        w_val = np.zeros((S, M, n_max), dtype=np.float32)
+        for s, (rows, seed) in enumerate(zip(row_sets, seeds)):
+            n = len(rows)
+            idx[s, :n] = rows
+            counts = np.bincount(codes[rows], minlength=n_classes).astype(np.float32)
+            balance = (n / (n_classes * np.maximum(counts, 1)))[codes[rows]] \
+                if self.class_weight == "balanced" else np.ones(n, np.float32)
+            if folds is not None:  # member m validates on fold folds[s][m]
+                fold = stratified_folds(codes[rows], n_folds, seed)
+                w_val[s, :, :n] = fold[None, :] == folds[s][:, None]
+                w_train[s, :, :n] = balance[None, :] * (1 - w_val[s, :, :n])
+            elif use_val:  # member m validates on fold m and trains on the rest
+                fold = stratified_folds(codes[rows], M, seed)
+                w_val[s, :, :n] = fold[None, :] == np.arange(M)[:, None]
+                w_train[s, :, :n] = balance[None, :] * (1 - w_val[s, :, :n])
+            else:
+                w_train[s, :, :n] = balance[None, :]
+        return idx, w_train, w_val
+
+    def _features(self, X: np.ndarray, idx: np.ndarray, row_sets: Sequence[np.ndarray], seeds: Sequence[int],
+                  kernel: str, mode: str) -> tuple[np.ndarray, list[dict[str, np.ndarray]], np.ndarray, np.ndarray]:
+        """The stack's features (S, n_max, L, H) — for kernel "rbf" each set's own RBF map of its rows, H its
+        width — normalised by each set's own rows; each set's map (empty for "linear") and the statistics
+        (S, L, H) mean and std it was normalised with."""
+        S = len(row_sets)
+        raw = X[idx]  # (S, n_max, L, H)
+        maps: list[dict[str, np.ndarray]] = [{} for _ in row_sets]
+        if kernel == "rbf":  # each set's map from its own rows: (S, n_max, L, m)
+            raw = unit_length(raw, inplace=True)
+            maps = [rbf_map(raw[s, :len(rows)], self.n_landmarks, seed)
+                    for s, (rows, seed) in enumerate(zip(row_sets, seeds))]
+            mapped = np.empty((*raw.shape[:3], maps[0]["map_projection"].shape[-1]), np.float32)
+            for s in range(S):  # sets of one stack have one number of landmarks (_stack_groups)
+                apply_map(raw[s], maps[s], out=mapped[s])
+            raw = mapped
+        gathered = prepare(raw, mode, inplace=True)  # (S, n_max, L, H), H the kernel features' width for rbf
+        del raw  # gathered is raw (this fit's own copy of its rows), normalised in place from here on
+        stats = [normalization_stats(gathered[s, :len(rows)], mode) for s, rows in enumerate(row_sets)]
+        mean, std = np.stack([m for m, _ in stats]), np.stack([d for _, d in stats])  # (S, L, H) each
+        gathered -= mean[:, None]  # in place: one copy of the features fewer at the peak (SST-2, all: ~1 GB)
+        gathered /= std[:, None]
+        return gathered, maps, mean, std
 
     def _normalization(self, validated: bool, kernel: str = "linear") -> str:
         """`normalize`, or for "auto" and "cv": "standard" when the ensemble validates on the layers as they are,
