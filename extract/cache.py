@@ -126,7 +126,8 @@ def write_cache(
                 np.cumsum(lengths, out=offsets[1:])
                 tok = f.create_group("tokens")
                 tok.create_dataset("offsets", data=offsets, fletcher32=True, chunks=True)
-                tok.create_dataset("layers", data=np.asarray(attrs["token_layers"], dtype=np.int32))
+                tok.create_dataset("layers", data=np.asarray(attrs["token_layers"], dtype=np.int32), fletcher32=True,
+                                   chunks=True)
                 row_shape = first["token_states"].shape[1:]  # (token_layers, hidden)
                 row_bytes = int(np.prod(row_shape)) * first["token_states"].itemsize
                 total = int(offsets[-1])
