@@ -115,7 +115,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _sweep(args: argparse.Namespace) -> int:
     from pipeline.report import labels_needed, summarize, summary_table
-    from pipeline.sweep import HEADS, SweepConfig, _read_cells, head_params, run_sweep
+    from pipeline.sweep import HEADS, SweepConfig, head_params, read_cells, run_sweep
 
     if args.config:
         given = [f"--{k}" for k in head_params(list(HEADS), args.precision, args.kernel).get("layer-attention", {})]
@@ -134,7 +134,7 @@ def _sweep(args: argparse.Namespace) -> int:
                              pooling=args.pooling, layers=args.layers, test_fraction=args.test_fraction,
                              device=args.device, params=head_params(args.heads, args.precision, args.kernel))
     out = run_sweep(config, progress=not args.quiet)
-    summary = summarize(_read_cells(out / "cells.jsonl"))
+    summary = summarize(read_cells(out / "cells.jsonl"))
     per_class = config.budget_mode == "per-class"
     print(summary_table(summary, per_class=per_class) + "\n\n" + labels_needed(summary, per_class=per_class))
     print("\n".join(f"wrote {p}" for p in sorted(out.glob("*")) if p.suffix in (".csv", ".json", ".md", ".png", ".toml")))
@@ -291,12 +291,12 @@ def add_finetune_options(p: argparse.ArgumentParser) -> None:
 
 def _demo(args: argparse.Namespace) -> int:
     from pipeline.report import labels_needed, summarize, summary_table
-    from pipeline.sweep import _read_cells
+    from pipeline.sweep import read_cells
     from pipeline.workflows import run_demo
 
     out = run_demo(args.output, seeds=args.seeds, progress=not args.quiet)
     print("\nBBC News, packaged all-MiniLM-L6-v2, test accuracy (%) mean ± 95% CI:\n")
-    summary = summarize(_read_cells(out / "cells.jsonl"))
+    summary = summarize(read_cells(out / "cells.jsonl"))
     print(summary_table(summary) + "\n\n" + labels_needed(summary))
     print("\nplots:\n" + "\n".join(f"  {p}" for p in sorted(out.glob("*.png"))))
     return 0

@@ -22,14 +22,14 @@ COLUMNS = ("task", "head", "budget", "seed", "n_train", "accuracy", "macro_f1", 
 
 def collect(runs: Sequence[str], task: str | None = None) -> list[dict[str, Any]]:
     """Cells of every run; with `task`, only that task's (runs that name none count as it)."""
-    from pipeline.sweep import _read_cells
+    from pipeline.sweep import read_cells
 
     cells = []
     for run in runs:
         path = Path(run) / "cells.jsonl"
         if not path.exists():
             raise InputError(f"{run}: no cells.jsonl; give folders written by finetext sweep, finetune or multitask.")
-        for cell in _read_cells(path):
+        for cell in read_cells(path):
             cell.setdefault("task", task or "")
             if task is None or cell["task"] == task:
                 cells.append(cell)

@@ -189,7 +189,7 @@ def _rows_for(config: SweepConfig, y: np.ndarray, budget: str, seed: int) -> np.
     return sample_budget(y, per_class=k, random_state=seed, fallback="all")
 
 
-def _read_cells(path: Path) -> list[dict[str, Any]]:
+def read_cells(path: Path) -> list[dict[str, Any]]:
     """Finished cells; a torn last line (the run was killed while writing it) is dropped."""
     if not path.exists():
         return []
@@ -249,7 +249,7 @@ def run_sweep(config: SweepConfig, progress: bool = True, replace_other: bool = 
                              "--output, or delete that folder to start over.")
     _publish_text(stamp, identity + "\n")
     write_config(config, out / "config.toml", provenance)
-    done = {tuple(c[k] for k in CELL_KEYS) for c in _read_cells(cells_path)}
+    done = {tuple(c[k] for k in CELL_KEYS) for c in read_cells(cells_path)}
     # all the data is the same rows whatever the seed: one fit, not `seeds` copies of it
     seeds_of = {b: [0] if b == "all" else list(range(config.seeds)) for b in config.budgets}
     grid = [(h, b, s) for h in config.heads for b in config.budgets for s in seeds_of[b]]
@@ -281,6 +281,6 @@ def run_sweep(config: SweepConfig, progress: bool = True, replace_other: bool = 
                 cells.append(cell)
             _append_cells(cells_path, cells)
             bar.update(len(cells))
-    cells = _read_cells(cells_path)
+    cells = read_cells(cells_path)
     write_report(out, cells, config, data)
     return out

@@ -19,7 +19,7 @@ from classify import load_head
 from extract import InputError, extract_corpus
 from pipeline.cli import main
 from pipeline.report import learning_curve_figure, summarize
-from pipeline.sweep import SweepConfig, _read_cells, run_sweep
+from pipeline.sweep import SweepConfig, read_cells, run_sweep
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_sweep_writes_tables_plots_and_config(tmp_path, bbc_cache, capsys):
     for name in ("learning_curves.png", "layer_weights.png", "layer_probe.png"):
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and plt.imread(out / name).ndim == 3
-    fig = learning_curve_figure(summarize(_read_cells(out / "cells.jsonl")))
+    fig = learning_curve_figure(summarize(read_cells(out / "cells.jsonl")))
     assert len(fig.axes[0].get_lines()) == 3  # one line per head
     plt.close(fig)
     toml = (out / "config.toml").read_text()
@@ -63,7 +63,7 @@ def test_config_round_trip_reproduces_the_table(tmp_path, bbc_cache):
     again = SweepConfig.from_toml(first / "config.toml")
     again.output = str(tmp_path / "b")
     second = run_sweep(again, progress=False)
-    strip = lambda p: [{k: v for k, v in c.items() if k != "fit_seconds"} for c in _read_cells(p / "cells.jsonl")]
+    strip = lambda p: [{k: v for k, v in c.items() if k != "fit_seconds"} for c in read_cells(p / "cells.jsonl")]
     assert strip(first) == strip(second)
 
 
@@ -75,8 +75,8 @@ def test_a_folder_of_another_sweep_is_refused_or_replaced(tmp_path, bbc_cache):
     with pytest.raises(InputError, match="holds results of another sweep"):
         run_sweep(changed, progress=False)
     run_sweep(changed, progress=False, replace_other=True)  # the demo's way: start over
-    assert all(c["head"] == "last-layer" for c in _read_cells(out / "cells.jsonl"))
-    assert len(_read_cells(out / "cells.jsonl")) == len(changed.budgets) * changed.seeds
+    assert all(c["head"] == "last-layer" for c in read_cells(out / "cells.jsonl"))
+    assert len(read_cells(out / "cells.jsonl")) == len(changed.budgets) * changed.seeds
 
 
 def test_sweep_refuses_caches_of_different_settings(tmp_path, bbc_cache, bbc_slice, tiny_bert):
@@ -98,10 +98,10 @@ def test_killed_sweep_resumes_without_duplicate_rows(tmp_path, bbc_cache):
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    before = len(_read_cells(cells))
+    before = len(read_cells(cells))
     assert 1 <= before < 3 * 3 * 4, before
     assert main(args + ["--device", "auto"]) == 0  # resumed on another device: the same sweep
-    keys = [(c["head"], c["budget"], c["seed"]) for c in _read_cells(cells)]
+    keys = [(c["head"], c["budget"], c["seed"]) for c in read_cells(cells)]
     assert len(keys) == len(set(keys)) == 3 * 3 * 4
 
 
@@ -188,7 +188,7 @@ def test_kernel_reaches_the_vectorised_heads_and_the_recorded_config(tmp_path, b
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_a_sweep_on_a_gpu_fits_every_budget_of_a_head_in_one_call(tmp_path, bbc_cache):
     heads = ("scalar-mix", "layer-attention")
-    cells = {device: _read_cells(run_sweep(small_config(bbc_cache, tmp_path / device, heads=heads, device=device),
+    cells = {device: read_cells(run_sweep(small_config(bbc_cache, tmp_path / device, heads=heads, device=device),
                                            progress=False) / "cells.jsonl") for device in ("cpu", "cuda")}
     for head in heads:  # fit_seconds is a call's time shared by its fits: one call per budget, or one per head
         assert len({c["fit_seconds"] for c in cells["cpu"] if c["head"] == head}) == 2
