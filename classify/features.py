@@ -2,35 +2,70 @@
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import column_or_1d
 
 NORMALIZATIONS = ("layer", "standard", "none")  # see normalization_stats
 
 
-def check_features(X: object, *, name: str = "X", expected: tuple[int, int] | None = None) -> np.ndarray:
-    """X as a float32 array (n_docs, n_layers, hidden), with errors that say what arrived and the fix.
+def check_features(X: object, *, name: str = "X", expected: tuple[int, int] | None = None,
+                   owner: str = "this head") -> np.ndarray:
+    """X as a float32 array (n_docs, n_layers, hidden), with errors that say what arrived and the fix. A 2-D X
+    (n_docs, hidden) is one layer's features: (n_docs, 1, hidden), so plain embedding matrices work too.
 
-    expected: (n_layers, hidden) a fitted head was trained on; another shape is refused naming both.
+    expected: (n_layers, hidden) a fitted head was trained on; another shape is refused naming both (and, as
+    scikit-learn words it, the numbers of features). owner: the head's name in that message.
     """
+    if sp.issparse(X):
+        raise TypeError(f"{name}: sparse input is not supported; heads take dense features (n_docs, n_layers, "
+                        "hidden). Pass X.toarray().")
+    raw = X if isinstance(X, np.ndarray) else np.asarray(X)
+    if np.iscomplexobj(raw):
+        raise ValueError(f"{name}: Complex data not supported; features are real numbers (n_docs, n_layers, hidden).")
     try:
-        arr = np.asarray(X, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name}: expected a numeric array (n_docs, n_layers, hidden), got "
-                         f"{type(X).__name__} ({exc}).") from None
+        arr = raw.astype(np.float32, copy=False)
+    except (TypeError, ValueError) as exc:  # the same type, so callers can tell bad values from bad shapes
+        raise type(exc)(f"{name}: expected a numeric array (n_docs, n_layers, hidden), got {type(X).__name__} "
+                        f"({exc}).") from None
+    if arr.ndim == 2:
+        arr = arr[:, None, :]
     if arr.ndim != 3:
-        hint = (" For one layer, add the layer axis: X[:, None, :]." if arr.ndim == 2 else "")
-        raise ValueError(f"{name}: expected a 3-D array (n_docs, n_layers, hidden), got shape {arr.shape}.{hint} "
-                         "Read one from a cache with open_cache(path).features('mean').")
+        raise ValueError(f"{name}: expected a 3-D array (n_docs, n_layers, hidden), or 2-D (n_docs, hidden) for one "
+                         f"layer, got shape {arr.shape}. Reshape your data: one document's features are "
+                         "X[None]. Read them from a cache with open_cache(path).features('mean').")
     if arr.shape[0] == 0:
-        raise ValueError(f"{name}: no documents (shape {arr.shape}).")
+        raise ValueError(f"{name}: no documents (shape {raw.shape}).")
+    if arr.shape[1] * arr.shape[2] == 0:
+        raise ValueError(f"{name}: 0 feature(s) (shape={raw.shape}) while a minimum of 1 is required.")
     if not np.isfinite(arr).all():
         bad = np.flatnonzero(~np.isfinite(arr).reshape(len(arr), -1).all(axis=1))
         raise ValueError(f"{name}: NaN or inf features in {len(bad)} document(s), first rows {bad[:5].tolist()}. "
                          "Check the cache with `finetext verify`, or drop those rows.")
     if expected is not None and tuple(arr.shape[1:]) != tuple(expected):
-        raise ValueError(f"{name}: this head was fitted on features of shape (n_layers, hidden) = {tuple(expected)}, "
-                         f"got {tuple(arr.shape[1:])}. Use features from the same model (and layer count) the head "
-                         "was trained on.")
+        raise ValueError(f"{name} has {arr.shape[1] * arr.shape[2]} features, but {owner} is expecting "
+                         f"{expected[0] * expected[1]} features as input: it was fitted on (n_layers, hidden) = "
+                         f"{tuple(expected)}, got {tuple(arr.shape[1:])}. Use features from the same model (and "
+                         "layer count) the head was trained on.")
     return arr
+
+
+def check_labels(y: object, n_docs: int, owner: str) -> tuple[np.ndarray, np.ndarray]:
+    """(classes, codes) of y: one label of any type per document, at least two classes. A column vector
+    (n_docs, 1) is accepted with scikit-learn's DataConversionWarning."""
+    if y is None:
+        raise ValueError(f"{owner} requires y to be passed, but the target y is None: give one label per document.")
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = column_or_1d(y, warn=True)
+    if y.ndim != 1 or len(y) != n_docs:
+        raise ValueError(f"y: expected {n_docs} labels (one per row of X) as a 1-D array, got shape {y.shape}.")
+    check_classification_targets(y)
+    classes, codes = np.unique(y, return_inverse=True)
+    if len(classes) < 2:
+        raise ValueError(f"y: only one class ({classes[0]!r}) in the training rows; a classifier needs at "
+                         "least two. Draw a budget that covers every class (sample_budget).")
+    return classes, codes
 
 
 def layer_stats(X: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -1,9 +1,12 @@
 """Heads over all layers as scikit-learn estimators: ScalarMix and LayerAttention.
 
-Both take X of shape (n_docs, n_layers, hidden) and train an ensemble of `n_members` small PyTorch heads
-in one vectorised pass (see stack.py). With enough labels (min_val_per_class per class on average) each
-member early-stops on its own stratified fold of the training rows, so together they use every row; with
-fewer they train a fixed number of epochs as one member. Predictions average the members' probabilities.
+Both take X of shape (n_docs, n_layers, hidden) — or (n_docs, hidden), one layer, as plain scikit-learn features
+(every scikit-learn estimator check passes: tests/classify/test_heads.py) — and train an ensemble of `n_members`
+small PyTorch heads in one vectorised pass (see stack.py). `class_weight`: None, "balanced" (from each row set's
+own class counts) or a dict label -> weight (1 for a class it leaves out). With enough labels (min_val_per_class
+per class on average) each member early-stops on its own stratified fold of the training rows, so together they use
+every row; with fewer they train a fixed number of epochs as one member. Predictions average the members'
+probabilities.
 
 Features are normalised per layer on the training rows (`normalize`). "layer" (see features.normalization_stats)
 scales every document's vector to unit length, centres it, and weights each layer by its isotropy, a label-free
@@ -42,16 +45,16 @@ from __future__ import annotations
 
 import contextlib
 from numbers import Integral, Real
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
 from classify.budget import stratified_folds
-from classify.features import (NORMALIZATIONS, check_features, check_known_labels, normalization_stats,
+from classify.features import (NORMALIZATIONS, check_features, check_known_labels, check_labels,
+                               normalization_stats,
                                prepare, unit_length)
 from classify.kernel import MAP_KEYS, apply_map, rbf_map
 from classify.persist import SaveLoadMixin
@@ -89,7 +92,7 @@ class _StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
     def __init__(self, *, n_members: int = 5, normalize: str = "cv", lr: float = 3e-2,
                  C: float = 0.5, dropout: float = 0.0, max_epochs: int = 300, patience: int = 20,
                  validation: str = "auto", min_val_per_class: int = 100, epochs_without_validation: int = 100,
-                 class_weight: str | None = None, layer_prior: str = "uniform", kernel: str = "auto",
+                 class_weight: str | Mapping | None = None, layer_prior: str = "uniform", kernel: str = "auto",
                  n_landmarks: int = 512, device: str = "cpu", precision: str = "fp32",
                  random_state: int | None = 0) -> None:
         self.n_members = n_members
@@ -114,7 +117,7 @@ class _StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
 
     def _check_params(self) -> None:
         choices = {"normalize": ("auto", "cv", *NORMALIZATIONS), "validation": ("auto", "none"),
-                   "class_weight": (None, "balanced"), "layer_prior": ("auto", "uniform", "last", "probe", "cv"),
+                   "layer_prior": ("auto", "uniform", "last", "probe", "cv"),
                    "precision": ("fp32", "bf16"), "kernel": ("auto", "linear", "rbf", "both")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -125,6 +128,13 @@ class _StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
             value = getattr(self, name)
             if not isinstance(value, kind) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{type(self).__name__}: {name} must be a positive number, got {value!r}.")
+        if not (self.class_weight in (None, "balanced") or isinstance(self.class_weight, Mapping)):
+            raise ValueError(f"{type(self).__name__}: class_weight must be None, 'balanced' or a dict of label -> "
+                             f"weight, got {self.class_weight!r}.")
+        if isinstance(self.class_weight, Mapping) and not all(
+                isinstance(w, Real) and not isinstance(w, bool) and w >= 0 for w in self.class_weight.values()):
+            raise ValueError(f"{type(self).__name__}: class_weight weights must be numbers >= 0, got "
+                             f"{self.class_weight!r}.")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"{type(self).__name__}: dropout must lie in [0, 1), got {self.dropout!r}.")
         device = self._torch_device()
@@ -132,19 +142,15 @@ class _StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
             raise ValueError(f"{type(self).__name__}: precision='bf16' trains on the CPU or a CUDA GPU, not on "
                              f"{self.device!r}; use precision='fp32' there.")
 
+    def _class_weights(self, classes: np.ndarray) -> np.ndarray | None:
+        """(n_classes,) training weight of each class for a dict `class_weight` (1 for a class it leaves out, as
+        scikit-learn), or None: no weights, or "balanced", which each row set computes from its own counts."""
+        if not isinstance(self.class_weight, Mapping):
+            return None
+        return np.array([self.class_weight.get(c, 1.0) for c in classes.tolist()], dtype=np.float32)
+
     def _torch_device(self) -> torch.device:
         return training_device(self.device, type(self).__name__)
-
-    def _check_y(self, X: np.ndarray, y: object) -> tuple[np.ndarray, np.ndarray]:
-        y = np.asarray(y)
-        if y.ndim != 1 or len(y) != len(X):
-            raise ValueError(f"y: expected {len(X)} labels (one per row of X) as a 1-D array, got shape {y.shape}.")
-        check_classification_targets(y)
-        classes, codes = np.unique(y, return_inverse=True)
-        if len(classes) < 2:
-            raise ValueError(f"y: only one class ({classes[0]!r}) in the training rows; a classifier needs at "
-                             "least two. Draw a budget that covers every class (sample_budget).")
-        return classes, codes
 
     # --- training ---------------------------------------------------------------------------------------
 
@@ -153,9 +159,11 @@ class _StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
                            max_epochs=epochs, patience=self.patience)
 
     def _fit_sets(self, X: np.ndarray, codes: np.ndarray, n_classes: int, row_sets: Sequence[np.ndarray],
-                  seeds: Sequence[int], pad: bool | None = None) -> list[dict[str, np.ndarray]]:
+                  seeds: Sequence[int], pad: bool | None = None,
+                  class_weights: np.ndarray | None = None) -> list[dict[str, np.ndarray]]:
         """Train n_members heads for each row set, in as few stacks as memory allows. One state per set.
-        pad: whether sets of different sizes share a stack (see _stack_groups); by default on a GPU only."""
+        pad: whether sets of different sizes share a stack (see _stack_groups); by default on a GPU only.
+        class_weights: (n_classes,) each class's training weight, for a dict `class_weight` (_class_weights)."""
         L, H = X.shape[1:]
         on_cpu = self._torch_device().type == "cpu"
         limit = MAX_STACK_BYTES if on_cpu else MAX_STACK_BYTES_GPU
@@ -170,7 +178,7 @@ class _StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
             for start in range(0, len(members), step):
                 chunk = members[start:start + step]
                 fitted = self._fit_stack(X, codes, n_classes, [row_sets[i] for i in chunk], [seeds[i] for i in chunk],
-                                         mode=modes[chunk[0]])
+                                         mode=modes[chunk[0]], class_weights=class_weights)
                 for i, state in zip(chunk, fitted):
                     states[i] = state
         return states
@@ -221,7 +229,8 @@ class _StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
         return np.stack([np.zeros(L, np.float32), last])
 
     def _select_priors(self, X: np.ndarray, codes: np.ndarray, n_classes: int, row_sets: Sequence[np.ndarray],
-                       seeds: Sequence[int], mode: str | None = None) -> np.ndarray:
+                       seeds: Sequence[int], mode: str | None = None,
+                       class_weights: np.ndarray | None = None) -> np.ndarray:
         """(S, L): per row set, the candidate prior with the lowest k-fold validation loss."""
         L = X.shape[1]
         candidates = self._candidate_priors(L)
@@ -230,15 +239,17 @@ class _StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
             return np.repeat(candidates[:1], len(row_sets), axis=0)
         priors = np.repeat(candidates, k, axis=0)  # member m = candidate m // k, fold m % k
         folds = [np.tile(np.arange(k), len(candidates)) for _ in row_sets]
-        _, losses = self._train(X, codes, n_classes, row_sets, seeds, priors=priors, folds=folds, n_folds=k, mode=mode)
+        _, losses = self._train(X, codes, n_classes, row_sets, seeds, priors=priors, folds=folds, n_folds=k, mode=mode,
+                                class_weights=class_weights)
         per_candidate = losses.reshape(len(row_sets), len(candidates), k).mean(-1)  # (S, n_candidates)
         return candidates[per_candidate.argmin(-1)]
 
     def _fit_stack(self, X: np.ndarray, codes: np.ndarray, n_classes: int, row_sets: Sequence[np.ndarray],
-                   seeds: Sequence[int], mode: str | None = None) -> list[dict[str, np.ndarray]]:
+                   seeds: Sequence[int], mode: str | None = None,
+                   class_weights: np.ndarray | None = None) -> list[dict[str, np.ndarray]]:
         priors = None
         if self.layer_prior == "auto":
-            priors = self._select_priors(X, codes, n_classes, row_sets, seeds, mode)  # (S, L)
+            priors = self._select_priors(X, codes, n_classes, row_sets, seeds, mode, class_weights)  # (S, L)
         elif self.layer_prior == "probe":
             priors = np.stack([probe_prior(X[r], codes[r], n_classes) for r in row_sets])
         elif self.layer_prior == "last":
@@ -250,7 +261,7 @@ class _StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
         states: list[dict[str, np.ndarray]] = [{} for _ in row_sets]
         for kernel in self._kernels(self._rich(codes, n_classes, row_sets)):  # one ensemble per part
             part, _ = self._train(X, codes, n_classes, row_sets, seeds, set_priors=priors, kernel=kernel,
-                                  mode=mode if kernel == "linear" else None)
+                                  mode=mode if kernel == "linear" else None, class_weights=class_weights)
             for state, fitted in zip(states, part):
                 state.update({KERNELS[kernel] + k: v for k, v in fitted.items()})
         return states
@@ -269,7 +280,8 @@ class _StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
     def _train(self, X: np.ndarray, codes: np.ndarray, n_classes: int, row_sets: Sequence[np.ndarray],
                seeds: Sequence[int], *, priors: np.ndarray | None = None, set_priors: np.ndarray | None = None,
                folds: list[np.ndarray] | None = None, n_folds: int = 0, kernel: str = "linear",
-               mode: str | None = None) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
+               mode: str | None = None,
+               class_weights: np.ndarray | None = None) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
         """One stack. priors (M, L): one per member (selection); set_priors (S, L): one per set; mode: the
         normalisation, if not _normalization's.
 
@@ -281,7 +293,8 @@ class _StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
         mode = mode or self._normalization(use_val, kernel)
         # without validation folds every member would see the same rows and reach the same optimum
         S, M = len(row_sets), (len(folds[0]) if folds is not None else self.n_members if use_val else 1)
-        idx, w_train, w_val = self._row_weights(codes, n_classes, row_sets, seeds, M, folds, n_folds, use_val)
+        idx, w_train, w_val = self._row_weights(codes, n_classes, row_sets, seeds, M, folds, n_folds, use_val,
+                                                class_weights)
         gathered, maps, mean, std = self._features(X, idx, row_sets, seeds, kernel, mode)
         L, H = gathered.shape[2:]
         device = self._torch_device()
@@ -322,10 +335,11 @@ class _StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
                 for s, rows in enumerate(row_sets)], losses
 
     def _row_weights(self, codes: np.ndarray, n_classes: int, row_sets: Sequence[np.ndarray], seeds: Sequence[int],
-                     M: int, folds: list[np.ndarray] | None, n_folds: int,
-                     use_val: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     M: int, folds: list[np.ndarray] | None, n_folds: int, use_val: bool,
+                     class_weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """idx (S, n_max): each set's rows, padded with row 0; w_train and w_val (S, M, n_max): each member's
-        training weights (class-balanced if asked) and validation rows, 0 on padding. See _train for `folds`."""
+        training weights (by `class_weight`: "balanced" per set, or `class_weights` per class) and validation
+        rows, 0 on padding. See _train for `folds`."""
         S, n_max = len(row_sets), max(len(r) for r in row_sets)
         idx = np.zeros((S, n_max), dtype=np.int64)  # padding points at row 0 with weight 0
         w_train = np.zeros((S, M, n_max), dtype=np.float32)
@@ -334,8 +348,12 @@ class _StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
             n = len(rows)
             idx[s, :n] = rows
             counts = np.bincount(codes[rows], minlength=n_classes).astype(np.float32)
-            balance = (n / (n_classes * np.maximum(counts, 1)))[codes[rows]] \
-                if self.class_weight == "balanced" else np.ones(n, np.float32)
+            if class_weights is not None:
+                balance = class_weights[codes[rows]].astype(np.float32)
+            elif self.class_weight == "balanced":
+                balance = (n / (n_classes * np.maximum(counts, 1)))[codes[rows]]
+            else:
+                balance = np.ones(n, np.float32)
             if folds is not None:  # member m validates on fold folds[s][m]
                 fold = stratified_folds(codes[rows], n_folds, seed)
                 w_val[s, :, :n] = fold[None, :] == folds[s][:, None]
@@ -395,9 +413,10 @@ class _StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
         """Fit on X (n_docs, n_layers, hidden) and labels y of any type. Returns self."""
         self._check_params()
         X = check_features(X)
-        classes, codes = self._check_y(X, y)
+        classes, codes = check_labels(y, len(X), type(self).__name__)
         seed = 0 if self.random_state is None else int(self.random_state)
-        state = self._fit_sets(X, codes, len(classes), [np.arange(len(X))], [seed])[0]
+        state = self._fit_sets(X, codes, len(classes), [np.arange(len(X))], [seed],
+                               class_weights=self._class_weights(classes))[0]
         self._set_fitted(classes, X.shape, state)
         return self
 
@@ -437,7 +456,7 @@ class _StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
 
     def _checked(self, X: object) -> np.ndarray:
         check_is_fitted(self, "state_")
-        return check_features(X, expected=(self.n_layers_, self.hidden_size_))
+        return check_features(X, expected=(self.n_layers_, self.hidden_size_), owner=type(self).__name__)
 
     @torch.no_grad()
     def _mean_over_parts(self, X: object, per_member) -> np.ndarray:
@@ -456,7 +475,8 @@ class _StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
         return self._mean_over_parts(X, lambda module, x: module(x).softmax(-1))
 
     def predict(self, X: object) -> np.ndarray:
-        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+        proba = self.predict_proba(X)  # checks that the head is fitted first
+        return self.classes_[proba.argmax(axis=1)]
 
     def score(self, X: object, y: object, sample_weight: object = None) -> float:
         """Accuracy; labels never seen in training are refused rather than silently counted wrong."""
@@ -483,11 +503,11 @@ class _StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
         self.layer_weights_ = np.asarray(config["layer_weights"], dtype=np.float32)
 
     def _more_tags(self) -> dict[str, Any]:  # older scikit-learn
-        return {"X_types": ["3darray"]}
+        return {"X_types": ["3darray", "2darray"]}
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = False
+        tags.input_tags.two_d_array = True  # (n_docs, hidden): one layer
         tags.input_tags.three_d_array = True
         return tags
 

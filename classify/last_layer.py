@@ -1,28 +1,27 @@
 """The baseline: logistic regression on one layer, as most people use embeddings today."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
-from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
-from classify.features import check_features, check_known_labels
+from classify.features import check_features, check_known_labels, check_labels
 from classify.persist import SaveLoadMixin
 
 
 class LastLayerLogReg(SaveLoadMixin, ClassifierMixin, BaseEstimator):
     """Logistic regression on the features of one layer (default the last).
 
-    X: (n_docs, n_layers, hidden); only X[:, layer] is used. C and max_iter are scikit-learn's
-    LogisticRegression's (lbfgs, multinomial).
+    X: (n_docs, n_layers, hidden), or (n_docs, hidden) as one layer; only X[:, layer] is used. C, max_iter and
+    class_weight are scikit-learn's LogisticRegression's (lbfgs, multinomial); n_iter_ is its iteration count.
     """
 
-    def __init__(self, *, layer: int = -1, C: float = 1.0, max_iter: int = 1000, class_weight: str | None = None,
-                 random_state: int | None = 0) -> None:
+    def __init__(self, *, layer: int = -1, C: float = 1.0, max_iter: int = 1000,
+                 class_weight: str | Mapping | None = None, random_state: int | None = 0) -> None:
         self.layer = layer
         self.C = C
         self.max_iter = max_iter
@@ -33,31 +32,29 @@ class LastLayerLogReg(SaveLoadMixin, ClassifierMixin, BaseEstimator):
         X = check_features(X)
         if not -X.shape[1] <= self.layer < X.shape[1]:
             raise ValueError(f"LastLayerLogReg: layer={self.layer} does not exist; X has layers 0..{X.shape[1] - 1}.")
-        y = np.asarray(y)
-        if y.ndim != 1 or len(y) != len(X):
-            raise ValueError(f"y: expected {len(X)} labels (one per row of X) as a 1-D array, got shape {y.shape}.")
-        check_classification_targets(y)
-        if len(np.unique(y)) < 2:
-            raise ValueError(f"y: only one class ({y[0]!r}) in the training rows; a classifier needs at least two.")
+        classes, codes = check_labels(y, len(X), type(self).__name__)
         # One BLAS thread: lbfgs on (n, hidden) features is too small to share out; on 2 cores the default
         # threading ran 2.1-5.9x slower (bench/blas_threads.py on banking77).
         with threadpool_limits(1, user_api="blas"):
             self.model_ = LogisticRegression(C=self.C, max_iter=self.max_iter, class_weight=self.class_weight,
-                                             random_state=self.random_state).fit(X[:, self.layer], y)
+                                             random_state=self.random_state).fit(X[:, self.layer], classes[codes])
         self.classes_ = self.model_.classes_
+        self.n_iter_ = self.model_.n_iter_
         self.n_layers_, self.hidden_size_ = int(X.shape[1]), int(X.shape[2])
         self.n_features_in_ = self.n_layers_ * self.hidden_size_
         return self
 
     def _layer(self, X: object) -> np.ndarray:
         check_is_fitted(self, "model_")
-        return check_features(X, expected=(self.n_layers_, self.hidden_size_))[:, self.layer]
+        return check_features(X, expected=(self.n_layers_, self.hidden_size_), owner=type(self).__name__)[:, self.layer]
 
     def predict_proba(self, X: object) -> np.ndarray:
-        return self.model_.predict_proba(self._layer(X))
+        features = self._layer(X)  # checks that the head is fitted first
+        return self.model_.predict_proba(features)
 
     def predict(self, X: object) -> np.ndarray:
-        return self.model_.predict(self._layer(X))
+        features = self._layer(X)
+        return self.model_.predict(features)
 
     def score(self, X: object, y: object, sample_weight: object = None) -> float:
         """Accuracy; labels never seen in training are refused rather than silently counted wrong."""
@@ -78,9 +75,9 @@ class LastLayerLogReg(SaveLoadMixin, ClassifierMixin, BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = False
+        tags.input_tags.two_d_array = True  # (n_docs, hidden): one layer
         tags.input_tags.three_d_array = True
         return tags
 
     def _more_tags(self) -> dict[str, Any]:
-        return {"X_types": ["3darray"]}
+        return {"X_types": ["3darray", "2darray"]}

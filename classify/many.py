@@ -38,7 +38,7 @@ def fit_many(head: object, X: object, y: object, row_sets: Sequence[np.ndarray],
         codes = np.searchsorted(classes, y)
         codes = np.where(np.isin(y, classes), codes, 0)
         states = head._fit_sets(X, codes, len(classes), [np.asarray(row_sets[i]) for i in members],
-                                [seeds[i] for i in members])
+                                [seeds[i] for i in members], class_weights=head._class_weights(classes))
         for i, state in zip(members, states):
             est = clone(head).set_params(random_state=seeds[i])
             est._set_fitted(classes, X.shape, state)

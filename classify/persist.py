@@ -6,7 +6,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Mapping, Self
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
@@ -50,6 +50,20 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+def _param(value: Any) -> Any:
+    """A parameter as JSON keeps it: a dict (class_weight) as [key, value] pairs, since JSON's keys are strings
+    only and labels may be numbers (read back by _unparam)."""
+    if isinstance(value, Mapping):
+        return {"items": [[_plain(k), _plain(v)] for k, v in value.items()]}
+    return _plain(value)
+
+
+def _unparam(value: Any) -> Any:
+    if isinstance(value, dict) and list(value) == ["items"]:
+        return {k: v for k, v in value["items"]}
+    return value
+
+
 def write_head_files(head: Any, directory: str | os.PathLike, feature_info: dict[str, Any] | None = None) -> None:
     """Write `config.json` and `weights.safetensors` into an existing folder (not atomic: see save_head)."""
     directory = Path(directory)
@@ -59,7 +73,7 @@ def write_head_files(head: Any, directory: str | os.PathLike, feature_info: dict
         raise TypeError(f"classes_ must be strings or numbers to be saved as JSON, got {classes[:3]}.")
     config = {
         "format": FORMAT, "version": VERSION, "class": type(head).__name__,
-        "params": {k: _plain(v) for k, v in head.get_params().items()},
+        "params": {k: _param(v) for k, v in head.get_params().items()},
         "classes": classes, "n_layers": head.n_layers_, "hidden_size": head.hidden_size_,
         "feature_info": feature_info or {}, **extra,
     }
@@ -122,7 +136,7 @@ def load_head(directory: str | os.PathLike) -> Any:
     registry = _registry()
     if config["class"] not in registry:
         raise ValueError(f"{directory}: unknown head class {config['class']!r}; known: {', '.join(registry)}.")
-    head = registry[config["class"]](**config["params"])
+    head = registry[config["class"]](**{k: _unparam(v) for k, v in config["params"].items()})
     arrays = load_file(str(Path(directory) / "weights.safetensors"))
     head._import(np.array(config["classes"]), config["n_layers"], config["hidden_size"], arrays, config)
     head.feature_info_ = config.get("feature_info", {})

@@ -8,10 +8,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
-from classify.features import check_known_labels
+from classify.features import check_known_labels, check_labels
 from classify.persist import SaveLoadMixin
 from classify.stack import SELECTOR_L2, LayerAttentionStack
 
@@ -76,13 +75,7 @@ class TokenLayerAttention(SaveLoadMixin, ClassifierMixin, BaseEstimator):
 
     def fit(self, X: object, y: object) -> "TokenLayerAttention":
         docs = check_token_features(X)
-        y = np.asarray(y)
-        if len(y) != len(docs):
-            raise ValueError(f"y: expected {len(docs)} labels, got {len(y)}.")
-        check_classification_targets(y)
-        self.classes_, codes = np.unique(y, return_inverse=True)
-        if len(self.classes_) < 2:
-            raise ValueError("y: only one class in the training rows; a classifier needs at least two.")
+        self.classes_, codes = check_labels(y, len(docs), type(self).__name__)
         stacked = np.concatenate(docs)  # (all tokens, L, H)
         self.mean_, self.std_ = stacked.mean(0), np.maximum(stacked.std(0), 1e-6)
         stacked -= self.mean_  # normalised once, not in every epoch
@@ -119,7 +112,8 @@ class TokenLayerAttention(SaveLoadMixin, ClassifierMixin, BaseEstimator):
         return np.concatenate(out)
 
     def predict(self, X: object) -> np.ndarray:
-        return self.classes_[self.predict_proba(X).argmax(1)]
+        proba = self.predict_proba(X)  # checks that the head is fitted first
+        return self.classes_[proba.argmax(1)]
 
     def score(self, X: object, y: object, sample_weight: object = None) -> float:
         check_is_fitted(self, "query_")

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.sparse
 import torch
 from sklearn.model_selection import GridSearchCV, cross_val_score
+from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import Pipeline
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from classify import LastLayerLogReg, LayerAttention, ScalarMix, fit_many
 from classify.priors import cv_logliks, cv_prior
@@ -94,6 +97,37 @@ def test_bf16_precision_trains_the_same_heads_up_to_rounding(Head):
         Head(precision="fp16").fit(X, y)
 
 
+@parametrize_with_checks([LastLayerLogReg(), ScalarMix(), LayerAttention()])
+def test_scikit_learn_estimator_checks(estimator, check):
+    """scikit-learn's own checks, on its 2-D data (one layer per document): all 56 of each head's pass (the two
+    that need SCIPY_ARRAY_API or pandas skip themselves where those are absent)."""
+    check(estimator)
+
+
+def test_two_d_features_are_one_layer():
+    X, y = toy()
+    head = LayerAttention().fit(X[:, 2], y)  # the informative layer alone, as (n_docs, hidden)
+    assert (head.n_layers_, head.n_features_in_) == (1, 8) and head.score(X[:, 2], y) > 0.9
+    assert np.array_equal(head.predict_proba(X[:, 2]), head.predict_proba(X[:, 2:3]))
+
+
+def test_class_weight_dict_weights_each_class_in_fits_alone_and_batched():
+    X, y = toy()
+    heavy = {"neg": 100.0, "neu": 1e-3, "pos": 1e-3}  # "neu" and "pos" barely count
+    head = LayerAttention(class_weight=heavy).fit(X, y)
+    plain = LayerAttention().fit(X, y)
+    assert (head.predict(X) == "neg").mean() > 0.6 > (plain.predict(X) == "neg").mean()
+    assert np.array_equal(LayerAttention(class_weight={"neg": 2.0}).fit(X, y).predict_proba(X),
+                          LayerAttention(class_weight={"neg": 2.0, "neu": 1, "pos": 1}).fit(X, y).predict_proba(X))
+    rows = [np.arange(60), np.arange(30, 120)]
+    batched = fit_many(ScalarMix(class_weight=heavy), X, y, rows, [0, 1])
+    for r, s, b in zip(rows, [0, 1], batched):
+        alone = ScalarMix(class_weight=heavy, random_state=s).fit(X[r], y[r])
+        np.testing.assert_allclose(b.predict_proba(X), alone.predict_proba(X), atol=1e-6)
+    with pytest.raises(ValueError, match="class_weight must be None, 'balanced' or a dict"):
+        LayerAttention(class_weight="heavy").fit(X, y)
+
+
 def test_sklearn_tools_work():
     X, y = toy()
     assert cross_val_score(ScalarMix(epochs_without_validation=100), X, y, cv=3).mean() > 0.5  # chance: 0.33
@@ -105,8 +139,12 @@ def test_sklearn_tools_work():
 
 def test_bad_input_names_the_problem_and_fix():
     X, y = toy()
-    with pytest.raises(ValueError, match=r"3-D array .* X\[:, None, :\]"):
-        ScalarMix().fit(X[:, 0], y)
+    with pytest.raises(ValueError, match=r"3-D array .* Reshape your data"):
+        ScalarMix().fit(X[:, 0, 0], y)
+    with pytest.raises(TypeError, match="sparse input is not supported"):
+        LayerAttention().fit(scipy.sparse.csr_matrix(X[:, 0]), y)
+    with pytest.raises(ValueError, match="requires y to be passed"):
+        LayerAttention().fit(X, None)
     bad = X.copy()
     bad[7, 1, 1] = np.nan
     with pytest.raises(ValueError, match=r"NaN or inf features in 1 document\(s\), first rows \[7\]"):
@@ -116,8 +154,10 @@ def test_bad_input_names_the_problem_and_fix():
     with pytest.raises(ValueError, match="dropout must lie in"):
         ScalarMix(dropout=1.5).fit(X, y)
     head = ScalarMix(epochs_without_validation=5).fit(X, y)
-    with pytest.raises(ValueError, match=r"\(4, 8\), got \(4, 16\)"):
+    with pytest.raises(ValueError, match=r"X has 64 features, but ScalarMix is expecting 32 .* \(4, 8\), got \(4, 16"):
         head.predict(np.zeros((2, 4, 16), np.float32))
+    with pytest.raises(NotFittedError):
+        LayerAttention().predict(X)
     with pytest.raises(ValueError, match="layer=9 does not exist"):
         LastLayerLogReg(layer=9).fit(X, y)
 

@@ -95,7 +95,7 @@ def test_fit_many_refuses_a_one_class_set():
 
 
 @pytest.mark.parametrize("head", [LastLayerLogReg(layer=2), ScalarMix(epochs_without_validation=30),
-                                  LayerAttention(epochs_without_validation=30)])
+                                  LayerAttention(epochs_without_validation=30, class_weight={"neg": 2.0})])
 def test_save_load_round_trip(tmp_path, head):
     X, y = toy()
     head.fit(X, y)
@@ -122,6 +122,15 @@ def test_save_load_round_trip(tmp_path, head):
     with pytest.raises(NotFittedError):
         clone(head).save(tmp_path / "unfitted")
     assert not (tmp_path / "unfitted").exists()
+
+
+def test_a_class_weight_dict_keyed_by_numbers_loads_with_its_keys(tmp_path):
+    X, y = toy()
+    codes = np.unique(y, return_inverse=True)[1]  # labels 0, 1, 2: JSON would make the keys strings
+    head = LayerAttention(epochs_without_validation=10, class_weight={0: 3.0, 2: 0.5}).fit(X, codes)
+    loaded = load_head(head.save(tmp_path / "head"))
+    assert loaded.class_weight == {0: 3.0, 2: 0.5}
+    np.testing.assert_array_equal(clone(loaded).fit(X, codes).predict_proba(X), head.predict_proba(X))
 
 
 def test_loading_refuses_what_is_not_a_head(tmp_path):
