@@ -54,8 +54,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from classify.budget import stratified_folds
 from classify.features import (NORMALIZATIONS, check_features, check_known_labels, check_labels,
-                               normalization_stats,
-                               prepare, unit_length)
+                               normalization_stats, prepare, unit_length)
 from classify.kernel import MAP_KEYS, apply_map, rbf_map
 from classify.persist import SaveLoadMixin
 from classify.priors import LAST_LAYER_PRIOR, cv_folds, cv_logliks, cv_prior, last_layer_loses, probe_prior
