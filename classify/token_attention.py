@@ -5,21 +5,27 @@ import math
 from typing import Any, Sequence
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from classify.features import check_known_labels, check_labels
+from classify.features import check_features, check_known_labels, check_labels
 from classify.persist import SaveLoadMixin
 from classify.stack import SELECTOR_L2, LayerAttentionStack
 
 
-def check_token_features(X: object, expected: tuple[int, int] | None = None) -> list[np.ndarray]:
-    """X as a list of float32 arrays (n_tokens_i, n_layers, hidden), one per document."""
+def check_token_features(X: object, expected: tuple[int, int] | None = None,
+                         owner: str = "TokenLayerAttention") -> list[np.ndarray]:
+    """X as a list of float32 arrays (n_tokens_i, n_layers, hidden), one per document. Arrays are read as
+    documents of one token each when they are pooled features, (n_docs, n_layers, hidden) or (n_docs, hidden)
+    (see features.check_features), and as padded token states when 4-D (all-zero rows are padding)."""
     if isinstance(X, np.ndarray) and X.ndim == 4:  # padded (n_docs, tokens, layers, hidden)
         X = [doc[np.abs(doc).sum(axis=(1, 2)) > 0] for doc in X]
-    if not isinstance(X, Sequence) and not isinstance(X, np.ndarray):
+    elif sp.issparse(X) or not isinstance(X, Sequence) or (len(X) and np.ndim(X[0]) <= 1):
+        X = list(check_features(X, owner=owner)[:, None])  # pooled features (any array-like): one token each
+    if not isinstance(X, Sequence):
         raise ValueError(f"X: expected a list of (n_tokens, n_layers, hidden) arrays, got {type(X).__name__}. "
                          "Read one from a cache extracted with --tokens: open_cache(path).token_states().")
     docs = [np.asarray(d, dtype=np.float32) for d in X]
@@ -31,8 +37,10 @@ def check_token_features(X: object, expected: tuple[int, int] | None = None) -> 
                          f"(n_layers, hidden); got shapes like {sorted({d.shape for d in docs})[:3]}.")
     shape = shapes.pop()
     if expected is not None and tuple(shape) != tuple(expected):
-        raise ValueError(f"X: this head was fitted on token features of shape (n_layers, hidden) = {tuple(expected)}, "
-                         f"got {tuple(shape)}. Use token states from the same model and --token-layers.")
+        raise ValueError(f"X has {shape[0] * shape[1]} features, but {owner} is expecting {expected[0] * expected[1]} "
+                         f"features as input (per token): it was fitted on token features of shape (n_layers, "
+                         f"hidden) = {tuple(expected)}, got {tuple(shape)}. Use token states from the same model and "
+                         "--token-layers.")
     if not all(np.isfinite(d).all() for d in docs):
         raise ValueError("X: NaN or inf token features; check the cache with `finetext verify`.")
     return docs
@@ -49,8 +57,9 @@ def _ragged(docs: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
 class TokenLayerAttention(SaveLoadMixin, ClassifierMixin, BaseEstimator):
     """Token attention within each layer (a learned query per layer), then LayerAttention across layers.
 
-    X: a list of (n_tokens_i, n_layers, hidden) arrays (Cache.token_states()). Per layer l,
-    a_t = softmax_t(x_{t,l}·q_l/√H) pools the tokens; the pooled (n_layers, hidden) vectors go through the
+    X: a list of (n_tokens_i, n_layers, hidden) arrays (Cache.token_states()); pooled features, (n_docs, n_layers,
+    hidden) or (n_docs, hidden), are documents of one token each (so scikit-learn's estimator checks apply). Per
+    layer l, a_t = softmax_t(x_{t,l}·q_l/√H) pools the tokens; the pooled (n_layers, hidden) vectors go through the
     same selector and classifiers as LayerAttention. q starts at 0, so it starts from mean pooling.
     """
 
@@ -74,7 +83,7 @@ class TokenLayerAttention(SaveLoadMixin, ClassifierMixin, BaseEstimator):
         return self.selector_(pooled[None])[0, 0]  # (n, C)
 
     def fit(self, X: object, y: object) -> "TokenLayerAttention":
-        docs = check_token_features(X)
+        docs = check_token_features(X, owner=type(self).__name__)
         self.classes_, codes = check_labels(y, len(docs), type(self).__name__)
         stacked = np.concatenate(docs)  # (all tokens, L, H)
         self.mean_, self.std_ = stacked.mean(0), np.maximum(stacked.std(0), 1e-6)
@@ -83,6 +92,7 @@ class TokenLayerAttention(SaveLoadMixin, ClassifierMixin, BaseEstimator):
         docs = np.split(stacked, np.cumsum([len(d) for d in docs])[:-1])
         L, H = stacked.shape[1:]
         self.n_layers_, self.hidden_size_ = int(L), int(H)
+        self.n_features_in_ = self.n_layers_ * self.hidden_size_
         gen = torch.Generator().manual_seed(0 if self.random_state is None else int(self.random_state))
         self.query_ = torch.zeros(L, H, requires_grad=True)
         self.selector_ = LayerAttentionStack(1, 1, L, H, len(self.classes_), gen)
@@ -105,7 +115,7 @@ class TokenLayerAttention(SaveLoadMixin, ClassifierMixin, BaseEstimator):
     @torch.no_grad()
     def predict_proba(self, X: object) -> np.ndarray:
         check_is_fitted(self, "query_")
-        docs = check_token_features(X, expected=(self.n_layers_, self.hidden_size_))
+        docs = check_token_features(X, expected=(self.n_layers_, self.hidden_size_), owner=type(self).__name__)
         chunks = (docs[s:s + self.batch_docs] for s in range(0, len(docs), self.batch_docs))
         out = [self._forward(*_ragged([(d - self.mean_) / self.std_ for d in chunk]), len(chunk)).softmax(-1).numpy()
                for chunk in chunks]
@@ -126,8 +136,15 @@ class TokenLayerAttention(SaveLoadMixin, ClassifierMixin, BaseEstimator):
     def _import(self, classes: np.ndarray, n_layers: int, hidden: int, arrays: dict[str, np.ndarray],
                 config: dict[str, Any]) -> None:
         self.classes_, self.n_layers_, self.hidden_size_ = classes, n_layers, hidden
+        self.n_features_in_ = n_layers * hidden
         self.selector_ = LayerAttentionStack(1, 1, n_layers, hidden, len(classes), torch.Generator())
         self.selector_.load_state_dict({k[len("selector."):]: torch.from_numpy(v) for k, v in arrays.items()
                                         if k.startswith("selector.")})
         self.query_ = torch.from_numpy(arrays["query"])
         self.mean_, self.std_ = arrays["mean"], arrays["std"]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = True  # pooled features: one token per document
+        tags.input_tags.three_d_array = True
+        return tags

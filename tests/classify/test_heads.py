@@ -10,7 +10,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import Pipeline
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from classify import LastLayerLogReg, LayerAttention, ScalarMix, fit_many
+from classify import LastLayerLogReg, LayerAttention, ScalarMix, TokenLayerAttention, fit_many
 from classify.priors import cv_logliks, cv_prior
 from classify.stack import LayerAttentionStack, ScalarMixStack
 
@@ -97,10 +97,10 @@ def test_bf16_precision_trains_the_same_heads_up_to_rounding(Head):
         Head(precision="fp16").fit(X, y)
 
 
-@parametrize_with_checks([LastLayerLogReg(), ScalarMix(), LayerAttention()])
+@parametrize_with_checks([LastLayerLogReg(), ScalarMix(), LayerAttention(), TokenLayerAttention()])
 def test_scikit_learn_estimator_checks(estimator, check):
-    """scikit-learn's own checks, on its 2-D data (one layer per document): all 56 of each head's pass (the two
-    that need SCIPY_ARRAY_API or pandas skip themselves where those are absent)."""
+    """scikit-learn's own checks, on its 2-D data (one layer per document; for the token head, one token): every
+    check of every head passes (the two that need SCIPY_ARRAY_API or pandas skip themselves without them)."""
     check(estimator)
 
 
