@@ -275,8 +275,6 @@ def finetune(tasks: Sequence[Task], output: str | os.PathLike, *, model: str | N
 def train_finetune(tasks: Sequence[Task], *, model: str | None = None, revision: str | None = None,
                    settings: FinetuneSettings | None = None, progress: bool = True) -> Finetuned:
     """Train the encoder and one head per task together; evaluate on the tasks' test corpora."""
-    from sklearn.metrics import accuracy_score, f1_score
-
     settings = settings or FinetuneSettings()
     if len({t.name for t in tasks}) != len(tasks) or not tasks:
         raise InputError(f"tasks need distinct names, got {[t.name for t in tasks]}.")
@@ -316,9 +314,8 @@ def train_finetune(tasks: Sequence[Task], *, model: str | None = None, revision:
             losses.append(loss.item())
             if (i + 1) % settings.grad_accum and i + 1 < len(batches):
                 continue
-            factor = (step + 1) / warmup if step < warmup else max(0.0, (total_steps - step) / max(1, total_steps - warmup))
             for g in opt.param_groups:
-                g["lr"] = g["initial_lr"] * factor
+                g["lr"] = g["initial_lr"] * _lr_factor(step, warmup, total_steps)
             scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
             scaler.step(opt)
@@ -329,10 +326,7 @@ def train_finetune(tasks: Sequence[Task], *, model: str | None = None, revision:
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", epoch=epoch + 1)
         record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "seconds": time.perf_counter() - start}
         if validated:
-            accs = {}
-            for name, s in splits.items():
-                proba, _ = predict_proba(net, name, s.val_tokens, device, autocast)
-                accs[name] = float((proba.argmax(1) == s.codes[s.val_rows]).mean())
+            accs = _val_accuracies(net, splits, device, autocast)
             record["val_accuracy"] = accs
             mean_acc = float(np.mean(list(accs.values())))
             bar.set_postfix(loss=f"{record['train_loss']:.3f}", val_acc=f"{mean_acc:.3f}", epoch=epoch + 1)
@@ -359,11 +353,7 @@ def train_finetune(tasks: Sequence[Task], *, model: str | None = None, revision:
             r.best_val_accuracy = max(h["val_accuracy"][t.name] for h in history)
         if t.test:
             proba, _ = predict_proba(net, t.name, Tokenized(tokenizer, t.test, max_length), device, autocast)
-            y_true = [rec.label for rec in t.test]
-            y_pred = t.classes[proba.argmax(1)]
-            r.test_accuracy = float(accuracy_score(y_true, y_pred))
-            r.test_macro_f1 = float(f1_score(y_true, y_pred, average="macro"))
-            r.n_test = len(t.test)
+            _score_test(r, t, proba)
         results.append(r)
 
     metrics = {"model": info.model_id, "tasks": [asdict(r) | {"rows": None} for r in results],
@@ -372,6 +362,34 @@ def train_finetune(tasks: Sequence[Task], *, model: str | None = None, revision:
     if len(tasks) == 1:  # the single-task metrics at the top level, as users read them
         metrics.update({k: v for k, v in asdict(results[0]).items() if k not in ("name", "rows")})
     return Finetuned(net, tokenizer, info, settings, max_length, device, exports, results, metrics)
+
+
+def _lr_factor(step: int, warmup: int, total_steps: int) -> float:
+    """The learning rate's multiplier at optimiser step `step`: linear warm-up over `warmup` steps, then linear
+    decay to 0 at `total_steps`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+
+def _val_accuracies(net: FinetuneModel, splits: dict[str, Any], device: torch.device, autocast) -> dict[str, float]:
+    """Each task's accuracy on its held-out validation rows."""
+    accs = {}
+    for name, s in splits.items():
+        proba, _ = predict_proba(net, name, s.val_tokens, device, autocast)
+        accs[name] = float((proba.argmax(1) == s.codes[s.val_rows]).mean())
+    return accs
+
+
+def _score_test(result: TaskResult, task: Task, proba: np.ndarray) -> None:
+    """Fill a task's test accuracy and macro-F1 from the model's (n_test, C) probabilities."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    y_true = [rec.label for rec in task.test]
+    y_pred = task.classes[proba.argmax(1)]
+    result.test_accuracy = float(accuracy_score(y_true, y_pred))
+    result.test_macro_f1 = float(f1_score(y_true, y_pred, average="macro"))
+    result.n_test = len(task.test)
 
 
 def _export_head(module: torch.nn.Module, settings: FinetuneSettings, classes: np.ndarray, L: int, H: int,
