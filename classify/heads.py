@@ -477,6 +477,11 @@ class _StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
         proba = self.predict_proba(X)  # checks that the head is fitted first
         return self.classes_[proba.argmax(axis=1)]
 
+    def predict_log_proba(self, X: object) -> np.ndarray:
+        """log of predict_proba (the members' mean probabilities), as scikit-learn's classifiers give it."""
+        with np.errstate(divide="ignore"):  # a probability of exactly 0 is -inf, as scikit-learn gives it
+            return np.log(self.predict_proba(X))
+
     def score(self, X: object, y: object, sample_weight: object = None) -> float:
         """Accuracy; labels never seen in training are refused rather than silently counted wrong."""
         check_is_fitted(self)

@@ -56,6 +56,10 @@ class LastLayerLogReg(SaveLoadMixin, ClassifierMixin, BaseEstimator):
         features = self._layer(X)
         return self.model_.predict(features)
 
+    def predict_log_proba(self, X: object) -> np.ndarray:
+        features = self._layer(X)
+        return self.model_.predict_log_proba(features)
+
     def score(self, X: object, y: object, sample_weight: object = None) -> float:
         """Accuracy; labels never seen in training are refused rather than silently counted wrong."""
         check_is_fitted(self)

@@ -125,6 +125,10 @@ class TokenLayerAttention(SaveLoadMixin, ClassifierMixin, BaseEstimator):
         proba = self.predict_proba(X)  # checks that the head is fitted first
         return self.classes_[proba.argmax(1)]
 
+    def predict_log_proba(self, X: object) -> np.ndarray:
+        with np.errstate(divide="ignore"):  # a probability of exactly 0 is -inf, as scikit-learn gives it
+            return np.log(self.predict_proba(X))
+
     def score(self, X: object, y: object, sample_weight: object = None) -> float:
         check_is_fitted(self, "query_")
         return super().score(X, check_known_labels(self.classes_, y), sample_weight)
