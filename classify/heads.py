@@ -3,10 +3,10 @@
 Both take X of shape (n_docs, n_layers, hidden) — or (n_docs, hidden), one layer, as plain scikit-learn features
 (every scikit-learn estimator check passes: tests/classify/test_heads.py) — and train an ensemble of `n_members`
 small PyTorch heads in one vectorised pass (see stack.py). `class_weight`: None, "balanced" (from each row set's
-own class counts) or a dict label -> weight (1 for a class it leaves out). With enough labels (min_val_per_class
-per class on average) each member early-stops on its own stratified fold of the training rows, so together they use
-every row; with fewer they train a fixed number of epochs as one member. Predictions average the members'
-probabilities.
+own class counts) or a dict label -> weight (1 for a class it leaves out). `verbose`: a tqdm bar over each stack's
+epochs. With enough labels (min_val_per_class per class on average) each member early-stops on its own stratified
+fold of the training rows, so together they use every row; with fewer they train a fixed number of epochs as one
+member. Predictions average the members' probabilities.
 
 Features are normalised per layer on the training rows (`normalize`). "layer" (see features.normalization_stats)
 scales every document's vector to unit length, centres it, and weights each layer by its isotropy, a label-free
@@ -93,7 +93,7 @@ class _StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
                  validation: str = "auto", min_val_per_class: int = 100, epochs_without_validation: int = 100,
                  class_weight: str | Mapping | None = None, layer_prior: str = "uniform", kernel: str = "auto",
                  n_landmarks: int = 512, device: str = "cpu", precision: str = "fp32",
-                 random_state: int | None = 0) -> None:
+                 random_state: int | None = 0, verbose: bool = False) -> None:
         self.n_members = n_members
         self.layer_prior = layer_prior
         self.kernel = kernel
@@ -111,6 +111,7 @@ class _StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
         self.device = device
         self.precision = precision
         self.random_state = random_state
+        self.verbose = verbose
 
     # --- checking ---------------------------------------------------------------------------------------
 
@@ -320,7 +321,8 @@ class _StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
         w_train_t, w_val_t = torch.from_numpy(w_train).to(device), torch.from_numpy(w_val).to(device)
         bf16 = self.precision == "bf16"  # autocast only then: older torch refuses some devices even disabled
         with torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
-            best_epoch = train_stack(module, x, y, w_train_t, w_val_t if use_val else None, self._config(epochs), gen)
+            best_epoch = train_stack(module, x, y, w_train_t, w_val_t if use_val else None, self._config(epochs), gen,
+                                     progress=bool(self.verbose))
             losses = np.zeros((S, M), np.float32)
             with torch.no_grad():
                 if folds is not None:

@@ -14,6 +14,7 @@ from typing import Iterable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 
 # The layer selector (mix weights, attention) is held 100x more tightly than the classifier. Measured on
@@ -130,20 +131,29 @@ def _mean_ce(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Te
 
 
 def train_stack(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, w_train: torch.Tensor,
-                w_val: torch.Tensor | None, config: TrainConfig, generator: torch.Generator) -> np.ndarray:
+                w_val: torch.Tensor | None, config: TrainConfig, generator: torch.Generator,
+                progress: bool = False) -> np.ndarray:
     """Adam on all heads at once; keeps each head's parameters from its best validation epoch.
 
     x: (S, n, L, H) normalised features; y: (S, n) class indices; w_train, w_val: (S, M, n) row weights
     (0 for padding and for the other split). Without w_val every head trains for max_epochs; with it, a set
     leaves the stack once all its members have stopped improving, so the others train on without it. Everything,
     the module and `generator` included, lives on x's device.
-    Returns (S, M) the epoch each head's kept parameters come from.
+    Returns (S, M) the epoch each head's kept parameters come from. `progress`: a tqdm bar over the epochs.
     """
     run = _Training(module, x, y, w_train, w_val, config)
+    with tqdm(range(config.max_epochs), desc=f"{x.shape[0]} set(s) × {w_train.shape[1]} member(s)", unit="epoch",
+              leave=False, disable=not progress, dynamic_ncols=True) as epochs:
+        return _train_epochs(run, epochs, generator)
+
+
+def _train_epochs(run: "_Training", epochs: Iterable[int], generator: torch.Generator) -> np.ndarray:
+    """train_stack's loop over `epochs`, stopping early when every set has stopped improving."""
+    module, config, w_val, y = run.module, run.config, run.w_val, run.y
     # full batches without dropout: epoch e's training forward is also the validation forward of the parameters
     # after epoch e-1, so validating costs no pass of its own over the features
     fused = w_val is not None and y.shape[1] <= config.batch_rows and config.dropout == 0
-    for epoch in range(config.max_epochs):
+    for epoch in epochs:
         if fused:
             logits = module(run.x)  # (S, M, n, C)
             if epoch > 0:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
+from tqdm.auto import tqdm
 
 from classify.features import check_features, check_known_labels, check_labels
 from classify.persist import SaveLoadMixin
@@ -60,16 +61,18 @@ class TokenLayerAttention(SaveLoadMixin, ClassifierMixin, BaseEstimator):
     X: a list of (n_tokens_i, n_layers, hidden) arrays (Cache.token_states()); pooled features, (n_docs, n_layers,
     hidden) or (n_docs, hidden), are documents of one token each (so scikit-learn's estimator checks apply). Per
     layer l, a_t = softmax_t(x_{t,l}·q_l/√H) pools the tokens; the pooled (n_layers, hidden) vectors go through the
-    same selector and classifiers as LayerAttention. q starts at 0, so it starts from mean pooling.
+    same selector and classifiers as LayerAttention. q starts at 0, so it starts from mean pooling. `verbose`: a tqdm
+    bar over the epochs.
     """
 
     def __init__(self, *, C: float = 0.5, lr: float = 1e-2, epochs: int = 300, batch_docs: int = 256,
-                 random_state: int | None = 0) -> None:
+                 random_state: int | None = 0, verbose: bool = False) -> None:
         self.C = C
         self.lr = lr
         self.epochs = epochs
         self.batch_docs = batch_docs
         self.random_state = random_state
+        self.verbose = verbose
 
     def _forward(self, x: torch.Tensor, segment: torch.Tensor, n: int) -> torch.Tensor:
         """x (tokens, L, H) of n documents, segment (tokens,) each token's document -> logits (n, C)"""
@@ -99,7 +102,8 @@ class TokenLayerAttention(SaveLoadMixin, ClassifierMixin, BaseEstimator):
         opt = torch.optim.Adam([self.query_, *self.selector_.parameters()], lr=self.lr)
         y_t = torch.from_numpy(codes)
         l2 = 1.0 / (2.0 * self.C * len(docs))
-        for _ in range(self.epochs):
+        for _ in tqdm(range(self.epochs), desc=type(self).__name__, unit="epoch", leave=False,
+                      disable=not self.verbose, dynamic_ncols=True):
             order = torch.randperm(len(docs), generator=gen).tolist()
             for start in range(0, len(docs), self.batch_docs):
                 idx = order[start:start + self.batch_docs]

@@ -147,7 +147,8 @@ def _train(args: argparse.Namespace) -> int:
 
     path = train_head(args.train, args.head, args.output, budget=args.budget, seed=args.seed,
                       pooling=args.pooling, layers=args.layers, device=args.device,
-                      params=head_params([args.head], args.precision, args.kernel).get(args.head))
+                      params=head_params([args.head], args.precision, args.kernel).get(args.head),
+                      progress=not args.quiet)
     print(f"saved {args.head} to {path}")
     return 0
 
@@ -360,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help=HEAD_DEVICE_HELP)
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help=HEAD_PRECISION_HELP)
     p.add_argument("--kernel", default="auto", choices=["auto", "linear", "rbf", "both"], help=HEAD_KERNEL_HELP)
+    p.add_argument("--quiet", action="store_true", help="no progress bar over the epochs")
     p.set_defaults(handler=_train)
 
     p = sub.add_parser("evaluate", help="score a saved head on a cache or corpus: metrics and a confusion matrix")

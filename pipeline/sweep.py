@@ -26,6 +26,7 @@ from extract import InputError, open_cache
 
 HEADS = {"last-layer": LastLayerLogReg, "scalar-mix": ScalarMix, "layer-attention": LayerAttention}
 CELL_KEYS = ("head", "budget", "seed")
+UNRECORDED = ("device", "verbose")  # head params that do not change a sweep's numbers: not part of its identity
 
 
 def make_head(name: str, params: dict[str, Any] | None = None, device: str = "cpu") -> Any:
@@ -233,7 +234,7 @@ def run_sweep(config: SweepConfig, progress: bool = True, replace_other: bool = 
     # every head's full hyperparameters, defaults included: a release that changes a default is another sweep
     # where heads train is not what they compute (a GPU gives the same heads up to rounding): a sweep started on
     # one device resumes on another
-    resolved = {h: {k: v for k, v in make_head(h, config.params.get(h)).get_params().items() if k != "device"}
+    resolved = {h: {k: v for k, v in make_head(h, config.params.get(h)).get_params().items() if k not in UNRECORDED}
                 for h in config.heads}
     identity = hashlib.sha256(json.dumps([asdict(config) | {"output": None, "device": None}, provenance["train_cache"],
                                           provenance["test_cache"], resolved], sort_keys=True,
@@ -266,6 +267,8 @@ def run_sweep(config: SweepConfig, progress: bool = True, replace_other: bool = 
             jobs = [(b, s) for b in budgets for s in seeds_of[b] if (head_name, b, s) not in done]
             rows = [_rows_for(config, data.y, b, s) for b, s in jobs]
             head = make_head(head_name, config.params.get(head_name), config.device)
+            if "verbose" in head.get_params():  # a bar over each stack's epochs (the long fits: all the labels)
+                head.set_params(verbose=progress)
             start = time.perf_counter()
             fitted = fit_many(head, data.X, data.y, rows, [s for _, s in jobs])
             per_fit = (time.perf_counter() - start) / len(fitted)  # the batch's time, shared evenly

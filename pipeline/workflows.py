@@ -25,9 +25,9 @@ def feature_info(meta: dict[str, Any], pooling: str, layers: Sequence[int] | Non
 
 def train_head(train: str, head: str, output: str, *, budget: int | None = None, seed: int = 0,
                pooling: str = "mean", layers: Sequence[int] | None = None,
-               params: dict[str, Any] | None = None, device: str = "cpu") -> Path:
+               params: dict[str, Any] | None = None, device: str = "cpu", progress: bool = False) -> Path:
     """Fit one head on a cache (or a per-class budget of it) and save it to `output`; the vectorised heads
-    train on `device`."""
+    train on `device`, with a progress bar over the epochs when `progress`."""
     if head not in HEADS:
         raise InputError(f"head: expected one of {', '.join(HEADS)}, got {head!r}.")
     check_device(device)
@@ -36,7 +36,12 @@ def train_head(train: str, head: str, output: str, *, budget: int | None = None,
         y = cache.label_strings()
         meta = cache.meta
     rows = budget_rows(y, budget, seed, train)
-    model = make_head(head, {**(params or {}), "random_state": seed}, device).fit(X[rows], y[rows])
+    model = make_head(head, {**(params or {}), "random_state": seed}, device)
+    if "verbose" in model.get_params():
+        model.set_params(verbose=progress)
+    model.fit(X[rows], y[rows])
+    if "verbose" in model.get_params():
+        model.set_params(verbose=False)  # saved as the model it is, not as this run displayed it
     info = feature_info(meta, pooling, layers)
     info["train_rows"] = len(rows)
     model.save(output, info)

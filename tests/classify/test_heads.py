@@ -128,6 +128,14 @@ def test_class_weight_dict_weights_each_class_in_fits_alone_and_batched():
         LayerAttention(class_weight="heavy").fit(X, y)
 
 
+def test_verbose_shows_the_epochs_and_changes_nothing(capsys):
+    X, y = toy()
+    quiet = LayerAttention(min_val_per_class=10).fit(X, y)  # validated: the bar ends at early stopping
+    loud = LayerAttention(min_val_per_class=10, verbose=True).fit(X, y)
+    assert "epoch" in capsys.readouterr().err
+    np.testing.assert_array_equal(loud.predict_proba(X), quiet.predict_proba(X))
+
+
 def test_sklearn_tools_work():
     X, y = toy()
     assert cross_val_score(ScalarMix(epochs_without_validation=100), X, y, cv=3).mean() > 0.5  # chance: 0.33

@@ -58,13 +58,27 @@ def test_sweep_writes_tables_plots_and_config(tmp_path, bbc_cache, capsys):
     assert "corpus_fingerprint" in toml and "torch" in toml
 
 
+def timeless(cells: list[dict]) -> list[dict]:
+    """Cells without their fit times, which differ between runs."""
+    return [{k: v for k, v in c.items() if k != "fit_seconds"} for c in cells]
+
+
 def test_config_round_trip_reproduces_the_table(tmp_path, bbc_cache):
     first = run_sweep(small_config(bbc_cache, tmp_path / "a", heads=["last-layer", "layer-attention"]), progress=False)
     again = SweepConfig.from_toml(first / "config.toml")
     again.output = str(tmp_path / "b")
     second = run_sweep(again, progress=False)
-    strip = lambda p: [{k: v for k, v in c.items() if k != "fit_seconds"} for c in read_cells(p / "cells.jsonl")]
-    assert strip(first) == strip(second)
+    assert timeless(read_cells(first / "cells.jsonl")) == timeless(read_cells(second / "cells.jsonl"))
+
+
+def test_progress_bars_do_not_make_another_sweep(tmp_path, bbc_cache, capsys):
+    config = small_config(bbc_cache, tmp_path / "s", heads=["layer-attention"])
+    quiet = run_sweep(config, progress=False)
+    cells = read_cells(quiet / "cells.jsonl")
+    (quiet / "cells.jsonl").write_text("")  # forget the cells, keep the sweep's identity: a rerun fits again
+    run_sweep(config, progress=True)  # the heads' epoch bars on: the same sweep, the same numbers
+    assert timeless(read_cells(quiet / "cells.jsonl")) == timeless(cells)
+    assert "epoch" in capsys.readouterr().err
 
 
 def test_a_folder_of_another_sweep_is_refused_or_replaced(tmp_path, bbc_cache):
