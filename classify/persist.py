@@ -13,6 +13,7 @@ from safetensors.numpy import load_file, save_file
 from sklearn.utils.validation import check_is_fitted
 
 FORMAT = "finetext-head"
+DISPLAY_PARAMS = ("verbose",)  # how a fit shows its progress, not what it learned: never saved
 VERSION = 1
 
 
@@ -73,7 +74,7 @@ def write_head_files(head: Any, directory: str | os.PathLike, feature_info: dict
         raise TypeError(f"classes_ must be strings or numbers to be saved as JSON, got {classes[:3]}.")
     config = {
         "format": FORMAT, "version": VERSION, "class": type(head).__name__,
-        "params": {k: _param(v) for k, v in head.get_params().items()},
+        "params": {k: _param(v) for k, v in head.get_params().items() if k not in DISPLAY_PARAMS},
         "classes": classes, "n_layers": head.n_layers_, "hidden_size": head.hidden_size_,
         "feature_info": feature_info or {}, **extra,
     }

@@ -29,12 +29,14 @@ CELL_KEYS = ("head", "budget", "seed")
 UNRECORDED = ("device", "verbose")  # head params that do not change a sweep's numbers: not part of its identity
 
 
-def make_head(name: str, params: dict[str, Any] | None = None, device: str = "cpu") -> Any:
+def make_head(name: str, params: dict[str, Any] | None = None, device: str = "cpu", verbose: bool = False) -> Any:
     """A head by its CLI name with `params`; the vectorised heads (scalar-mix, layer-attention) train on
-    `device` unless params say otherwise. Logistic regression always runs on the CPU."""
+    `device` unless params say otherwise, with a bar over their epochs when `verbose`. Logistic regression always
+    runs on the CPU, without a bar."""
     cls = HEADS[name]
-    on_device = {"device": device} if "device" in cls().get_params() else {}
-    return cls(**{**on_device, **(params or {})})
+    own = cls().get_params()
+    extras = {k: v for k, v in (("device", device), ("verbose", verbose)) if k in own}
+    return cls(**{**extras, **(params or {})})
 
 
 def head_params(heads: Sequence[str], precision: str = "fp32", kernel: str = "auto") -> dict[str, dict[str, Any]]:
@@ -266,9 +268,7 @@ def run_sweep(config: SweepConfig, progress: bool = True, replace_other: bool = 
         for (head_name, *_), budgets in calls.items():
             jobs = [(b, s) for b in budgets for s in seeds_of[b] if (head_name, b, s) not in done]
             rows = [_rows_for(config, data.y, b, s) for b, s in jobs]
-            head = make_head(head_name, config.params.get(head_name), config.device)
-            if "verbose" in head.get_params():  # a bar over each stack's epochs (the long fits: all the labels)
-                head.set_params(verbose=progress)
+            head = make_head(head_name, config.params.get(head_name), config.device, verbose=progress)
             start = time.perf_counter()
             fitted = fit_many(head, data.X, data.y, rows, [s for _, s in jobs])
             per_fit = (time.perf_counter() - start) / len(fitted)  # the batch's time, shared evenly

@@ -36,12 +36,7 @@ def train_head(train: str, head: str, output: str, *, budget: int | None = None,
         y = cache.label_strings()
         meta = cache.meta
     rows = budget_rows(y, budget, seed, train)
-    model = make_head(head, {**(params or {}), "random_state": seed}, device)
-    if "verbose" in model.get_params():
-        model.set_params(verbose=progress)
-    model.fit(X[rows], y[rows])
-    if "verbose" in model.get_params():
-        model.set_params(verbose=False)  # saved as the model it is, not as this run displayed it
+    model = make_head(head, {**(params or {}), "random_state": seed}, device, verbose=progress).fit(X[rows], y[rows])
     info = feature_info(meta, pooling, layers)
     info["train_rows"] = len(rows)
     model.save(output, info)

@@ -133,6 +133,13 @@ def test_a_class_weight_dict_keyed_by_numbers_loads_with_its_keys(tmp_path):
     np.testing.assert_array_equal(clone(loaded).fit(X, codes).predict_proba(X), head.predict_proba(X))
 
 
+def test_how_a_fit_showed_its_progress_is_not_saved(tmp_path):
+    X, y = toy()
+    head = ScalarMix(epochs_without_validation=5, verbose=True).fit(X, y)
+    assert "verbose" not in json.loads((head.save(tmp_path / "head") / "config.json").read_text())["params"]
+    assert load_head(tmp_path / "head").verbose is False
+
+
 def test_loading_refuses_what_is_not_a_head(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_head(tmp_path)
