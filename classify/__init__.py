@@ -4,7 +4,8 @@ from classify.heads import LayerAttention, ScalarMix
 from classify.last_layer import LastLayerLogReg
 from classify.many import fit_many
 from classify.persist import check_feature_source, load_head, save_head
+from classify.pool_prior import PoolPrior
 from classify.token_attention import TokenLayerAttention
 
 __all__ = ["LastLayerLogReg", "LayerAttention", "ScalarMix", "TokenLayerAttention", "check_feature_source",
-           "fit_many", "load_head", "sample_budget", "save_head"]
+           "PoolPrior", "fit_many", "load_head", "sample_budget", "save_head"]

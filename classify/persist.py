@@ -102,15 +102,19 @@ def replace_dir(staged: Path, directory: str | os.PathLike) -> Path:
     return directory
 
 
-def save_head(head: Any, directory: str | os.PathLike, feature_info: dict[str, Any] | None = None) -> Path:
+def save_head(head: Any, directory: str | os.PathLike, feature_info: dict[str, Any] | None = None,
+              extra_arrays: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> Path:
     """Write `config.json` and `weights.safetensors` into `directory`, atomically (a new folder replaces it).
 
     feature_info: what the features came from (model id, weights hash, pooling, cache fingerprint), checked
-    again when the head is used on another cache.
+    again when the head is used on another cache. extra_arrays: name -> arrays the features need before the
+    head sees them (a PoolPrior's map), each written as `name.safetensors` and read with load_arrays.
     """
     tmp = staging_dir(directory)
     try:
         write_head_files(head, tmp, feature_info)
+        for name, arrays in (extra_arrays or {}).items():
+            save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp / f"{name}.safetensors"))
         return replace_dir(tmp, directory)
     finally:
         if tmp.exists():
@@ -142,6 +146,15 @@ def load_head(directory: str | os.PathLike) -> Any:
     head._import(np.array(config["classes"]), config["n_layers"], config["hidden_size"], arrays, config)
     head.feature_info_ = config.get("feature_info", {})
     return head
+
+
+def load_arrays(directory: str | os.PathLike, name: str) -> dict[str, np.ndarray]:
+    """Arrays saved beside a head with save_head(..., extra_arrays={name: ...})."""
+    path = Path(directory) / f"{name}.safetensors"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file, but the head's config.json says its features need it. The "
+                                "folder is incomplete: train the head again (finetext train).")
+    return load_file(str(path))
 
 
 def check_feature_source(feature_info: dict[str, Any], cache_meta: dict[str, Any], cache_name: str = "the cache") -> None:

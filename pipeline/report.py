@@ -216,7 +216,9 @@ def write_report(out: Path, cells: list[dict[str, Any]], config, data) -> dict[s
     table = summary_table(summary, per_class=per_class)
     buf = io.StringIO()
     buf.write(f"# Sweep summary\n\ntrain: `{config.train}`  test: `{config.test or f'{config.test_fraction:.0%} split'}`"
-              f"  pooling: {config.pooling}  seeds: {config.seeds}  budgets: {config.budget_mode}\n\n")
+              f"  pooling: {config.pooling}  seeds: {config.seeds}  budgets: {config.budget_mode}"
+              + (f"  hidden states: {', '.join(map(str, config.layers))}" if config.layers else "")
+              + (f"  pool prior: power {config.pool_prior:g}" if config.pool_prior is not None else "") + "\n\n")
     buf.write("Test accuracy (%), mean ± 95% confidence interval over seeds.\n\n" + table + "\n\n")
     buf.write(labels_needed(summary, per_class=per_class) + "\n\n")
     buf.write("| head | budget | labels | macro-F1 (%) | fit seconds |\n|---|---|---|---|---|\n")

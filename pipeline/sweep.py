@@ -20,7 +20,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
-from classify import LastLayerLogReg, LayerAttention, ScalarMix, fit_many, sample_budget
+from classify import LastLayerLogReg, LayerAttention, PoolPrior, ScalarMix, fit_many, sample_budget
 from classify.heads import training_device
 from extract import InputError, open_cache
 
@@ -73,6 +73,7 @@ class SweepConfig:
     layers: list[int] | None = None  # hidden states to use; None: all
     params: dict[str, dict[str, Any]] = field(default_factory=dict)  # head -> hyperparameters
     device: str = "cpu"  # where scalar-mix and layer-attention train: cpu, cuda, cuda:N, mps or auto
+    pool_prior: float | None = None  # PoolPrior's power, fitted on every training row (labels unread); None: off
 
     def __post_init__(self) -> None:
         bad = [h for h in self.heads if h not in HEADS]
@@ -89,6 +90,8 @@ class SweepConfig:
         if not 0 < self.test_fraction < 1:
             raise InputError(f"test fraction: expected a number in (0, 1), got {self.test_fraction}.")
         check_device(self.device)
+        if self.pool_prior is not None and not (isinstance(self.pool_prior, (int, float)) and self.pool_prior >= 0):
+            raise InputError(f"pool prior: expected a power >= 0 (1: the pool's covariance), got {self.pool_prior!r}.")
         unknown = set(self.params) - set(self.heads)
         if unknown:
             raise InputError(f"params given for heads not in the sweep: {sorted(unknown)}.")
@@ -148,6 +151,16 @@ class Data:
 
 
 def load_data(config: SweepConfig) -> Data:
+    """The sweep's features and labels; with a pool prior, both sides mapped by the one fitted on the training rows
+    (every one, labels unread; never the test rows)."""
+    data = _read_data(config)
+    if config.pool_prior is not None:
+        prior = PoolPrior(power=config.pool_prior).fit(data.X)
+        data.X, data.Xt = prior.transform(data.X), prior.transform(data.Xt)
+    return data
+
+
+def _read_data(config: SweepConfig) -> Data:
     with open_cache(config.train) as c:
         meta = c.meta
         X = c.features(config.pooling, layers=config.layers)
@@ -238,7 +251,10 @@ def run_sweep(config: SweepConfig, progress: bool = True, replace_other: bool = 
     # one device resumes on another
     resolved = {h: {k: v for k, v in make_head(h, config.params.get(h)).get_params().items() if k not in UNRECORDED}
                 for h in config.heads}
-    identity = hashlib.sha256(json.dumps([asdict(config) | {"output": None, "device": None}, provenance["train_cache"],
+    recorded = asdict(config) | {"output": None, "device": None}
+    if config.pool_prior is None:  # sweeps from before the option keep their identity
+        del recorded["pool_prior"]
+    identity = hashlib.sha256(json.dumps([recorded, provenance["train_cache"],
                                           provenance["test_cache"], resolved], sort_keys=True,
                                          default=str).encode()).hexdigest()
     cells_path = out / "cells.jsonl"

@@ -10,7 +10,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from classify import check_feature_source, load_head
+from classify import PoolPrior, check_feature_source, load_head, save_head
+from classify.persist import load_arrays
 from extract import CorpusSpec, InputError, extract_corpus, iter_records, open_cache, scan
 from pipeline.sweep import HEADS, SweepConfig, budget_rows, check_device, make_head, run_sweep
 
@@ -25,22 +26,38 @@ def feature_info(meta: dict[str, Any], pooling: str, layers: Sequence[int] | Non
 
 def train_head(train: str, head: str, output: str, *, budget: int | None = None, seed: int = 0,
                pooling: str = "mean", layers: Sequence[int] | None = None,
-               params: dict[str, Any] | None = None, device: str = "cpu", progress: bool = False) -> Path:
+               params: dict[str, Any] | None = None, device: str = "cpu", progress: bool = False,
+               pool_prior: float | None = None) -> Path:
     """Fit one head on a cache (or a per-class budget of it) and save it to `output`; the vectorised heads
-    train on `device`, with a progress bar over the epochs when `progress`."""
+    train on `device`, with a progress bar over the epochs when `progress`. pool_prior: a PoolPrior of that power
+    fitted on every row of the cache (labels unread), saved with the head and applied wherever it is used."""
     if head not in HEADS:
         raise InputError(f"head: expected one of {', '.join(HEADS)}, got {head!r}.")
     check_device(device)
+    if pool_prior is not None and pool_prior < 0:
+        raise InputError(f"--pool-prior: expected a power >= 0 (1: the pool's covariance), got {pool_prior:g}.")
     with open_cache(train) as cache:
         X = cache.features(pooling, layers=layers)
         y = cache.label_strings()
         meta = cache.meta
     rows = budget_rows(y, budget, seed, train)
-    model = make_head(head, {**(params or {}), "random_state": seed}, device, verbose=progress).fit(X[rows], y[rows])
     info = feature_info(meta, pooling, layers)
     info["train_rows"] = len(rows)
-    model.save(output, info)
-    return Path(output)
+    extra = {}
+    if pool_prior is not None:
+        prior = PoolPrior(power=pool_prior).fit(X)
+        X = prior.transform(X)
+        info["pool_prior"] = pool_prior
+        extra["pool_prior"] = prior.arrays()
+    model = make_head(head, {**(params or {}), "random_state": seed}, device, verbose=progress).fit(X[rows], y[rows])
+    return save_head(model, output, info, extra)
+
+
+def head_features(head_dir: str | os.PathLike, info: dict[str, Any], X: np.ndarray) -> np.ndarray:
+    """X (n, layers, hidden) as the head saw features in training: through its pool prior when it has one."""
+    if info.get("pool_prior") is None:
+        return X
+    return PoolPrior.from_arrays(load_arrays(head_dir, "pool_prior"), info["pool_prior"]).transform(X)
 
 
 @dataclass
@@ -87,7 +104,7 @@ def evaluate_head(head_dir: str, cache_path: str | None = None, *, corpus: Corpu
     if unseen:
         raise InputError(f"{cache_path}: labels {unseen} are not among the head's classes "
                          f"{list(map(str, head.classes_))}. Pass --label-map FILE.json mapping them.")
-    pred = head.predict(X)
+    pred = head.predict(head_features(head_dir, info, X))
     labels = [str(c) for c in head.classes_]
     result = Evaluation(float(accuracy_score(y, pred)), float(f1_score(y, pred, average="macro")), labels,
                         confusion_matrix(y, pred, labels=labels), len(y))
@@ -178,7 +195,7 @@ def predict_texts(head_dir: str, *, input: str | None = None, texts: Sequence[st
         scan(spec)  # the same bad-input rules as extract, before any model work
         records = list(iter_records(spec))
     X = encode_like(head.feature_info_, records, device, head_dir)
-    proba = head.predict_proba(X)
+    proba = head.predict_proba(head_features(head_dir, head.feature_info_, X))
     classes = [str(c) for c in head.classes_]
     rows = [{"id": r.id, "text": r.text, "label": classes[int(p.argmax())],
              **{f"p_{c}": float(v) for c, v in zip(classes, p)}} for r, p in zip(records, proba)]

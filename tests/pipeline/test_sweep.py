@@ -15,11 +15,12 @@ import pytest
 import torch
 from threadpoolctl import threadpool_info
 
-from classify import load_head
-from extract import InputError, extract_corpus
+from classify import PoolPrior, load_head
+from extract import InputError, extract_corpus, open_cache
 from pipeline.cli import main
 from pipeline.report import learning_curve_figure, summarize
-from pipeline.sweep import SweepConfig, read_cells, run_sweep
+from pipeline.sweep import SweepConfig, load_data, read_cells, run_sweep
+from pipeline.workflows import evaluate_head, predict_texts
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +145,26 @@ def test_train_evaluate_predict(tmp_path, bbc_cache, bbc_slice, capsys):
     assert main(["predict", "--head", str(head), "--text", "  "]) == 2
 
 
+
+def test_a_head_trained_with_a_pool_prior_carries_it_to_evaluate_and_predict(tmp_path, bbc_cache, bbc_slice, capsys):
+    head = tmp_path / "head"
+    assert main(["train", "--train", str(bbc_cache), "--head", "last-layer", "--budget", "3", "--pool-prior", "1",
+                 "-o", str(head), "--quiet"]) == 0
+    assert json.loads((head / "config.json").read_text())["feature_info"]["pool_prior"] == 1.0
+    with open_cache(bbc_cache) as cache:
+        X, y = cache.features("mean"), cache.label_strings()
+    mapped = PoolPrior().fit(X).transform(X)  # every cached row, labels unread
+    expected = load_head(head).score(mapped, y)
+    assert evaluate_head(str(head), str(bbc_cache)).accuracy == pytest.approx(expected)
+    assert evaluate_head(str(head), str(bbc_cache)).accuracy != pytest.approx(load_head(head).score(X, y))
+    rows = predict_texts(str(head), input=str(bbc_slice))  # the encoder again, then the saved map
+    assert [r["label"] for r in rows] == list(load_head(head).predict(mapped))
+    (head / "pool_prior.safetensors").unlink()
+    assert main(["evaluate", "--head", str(head), "--cache", str(bbc_cache)]) == 2
+    assert "pool_prior.safetensors: no such file, but the head's config.json says" in capsys.readouterr().err
+    assert main(["train", "--train", str(bbc_cache), "--pool-prior", "-1", "-o", str(tmp_path / "h2")]) == 2
+    assert not (tmp_path / "h2").exists()
+
 def test_out_of_domain_evaluation_needs_a_label_map(tmp_path, bbc_cache, bbc_slice, tiny_bert):
     head = tmp_path / "head"
     assert main(["train", "--train", str(bbc_cache), "--head", "last-layer", "--output", str(head)]) == 0
@@ -198,6 +219,31 @@ def test_kernel_reaches_the_vectorised_heads_and_the_recorded_config(tmp_path, b
     head = load_head(str(tmp_path / "head"))
     assert head.kernel == "rbf" and head._parts() == ["rbf"]
 
+
+
+def test_a_pool_prior_maps_train_and_test_by_the_training_rows_and_is_another_sweep(tmp_path, bbc_cache, capsys):
+    plain = small_config(bbc_cache, tmp_path / "s", heads=["last-layer"])
+    prior = small_config(bbc_cache, tmp_path / "s", heads=["last-layer"], pool_prior=1.0)
+    raw, mapped = load_data(plain), load_data(prior)
+    fitted = PoolPrior().fit(raw.X)  # the training split only: the test rows never shape the prior
+    np.testing.assert_allclose(mapped.X, fitted.transform(raw.X))
+    np.testing.assert_allclose(mapped.Xt, fitted.transform(raw.Xt))
+    run_sweep(plain, progress=False)
+    with pytest.raises(InputError, match="holds results of another sweep"):
+        run_sweep(prior, progress=False)
+    prior.output = str(tmp_path / "p")
+    out = run_sweep(prior, progress=False)
+    assert SweepConfig.from_toml(out / "config.toml").pool_prior == 1.0
+    assert "pool prior: power 1" in (out / "summary.md").read_text()
+    assert (timeless(read_cells(out / "cells.jsonl"))
+            != timeless(read_cells(tmp_path / "s" / "cells.jsonl")))  # the heads saw other features
+    with pytest.raises(InputError, match="pool prior: expected a power >= 0"):
+        small_config(bbc_cache, tmp_path / "x", pool_prior=-0.5)
+    assert main(["sweep", "--train", str(bbc_cache), "--output", str(tmp_path / "c"), "--heads", "last-layer",
+                 "--budgets", "1", "--seeds", "1", "--pool-prior", "0.5", "--quiet"]) == 0
+    assert SweepConfig.from_toml(tmp_path / "c" / "config.toml").pool_prior == 0.5
+    assert main(["sweep", "--config", str(tmp_path / "c" / "config.toml"), "--pool-prior", "1"]) == 2
+    assert "set pool_prior = POWER in its [sweep] table" in capsys.readouterr().err
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_a_sweep_on_a_gpu_fits_every_budget_of_a_head_in_one_call(tmp_path, bbc_cache):
