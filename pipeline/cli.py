@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Callable, Sequence
 
@@ -16,8 +17,9 @@ HEAD_PRECISION_HELP = ("bf16: scalar-mix and layer-attention multiply their feat
                        "faster on large fits where the CPU has AMX or on a GPU; the same accuracies on TREC-6)")
 POOL_PRIOR_HELP = ("map the features by the covariance of every training row, labels unread, before the heads "
                    "see them (classify.PoolPrior; 1: the covariance itself, 0: centring only): lifts logistic "
-                   "regression at small budgets on tasks of few broad classes, costs tasks of many fine ones; off "
-                   "by default")
+                   "regression at small budgets on tasks of few broad classes, costs tasks of many fine ones; "
+                   "'auto': power 1 for logistic regression wherever it cross-validates better on the labelled "
+                   "rows, never for the attention heads (which lost with it); off by default")
 HEAD_KERNEL_HELP = ("what scalar-mix's and layer-attention's classifiers are linear in: the layers (linear), RBF "
                     "kernel features of them (rbf), or both, averaged; auto: both with 100+ labels per class and "
                     "512+ rows, linear otherwise (linear alone trains about 2.5x faster on all the labels)")
@@ -34,6 +36,15 @@ def _int_list(value: str) -> list[int]:
         return [int(v) for v in _csv_list(value)]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}") from None
+
+
+def _pool_prior(value: str) -> float | str:
+    if value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a power >= 0, got {value!r}") from None
 
 
 def add_corpus_options(p: argparse.ArgumentParser) -> None:
@@ -157,7 +168,11 @@ def _train(args: argparse.Namespace) -> int:
                       pooling=args.pooling, layers=args.layers, device=args.device,
                       params=head_params([args.head], args.precision, args.kernel).get(args.head),
                       progress=not args.quiet, pool_prior=args.pool_prior)
-    print(f"saved {args.head} to {path}")
+    said = ""
+    if args.pool_prior == "auto":
+        took = json.loads((path / "config.json").read_text())["feature_info"]["pool_prior"] is not None
+        said = f" (pool prior: {'taken' if took else 'not taken'}, by cross-validation on the training rows)"
+    print(f"saved {args.head} to {path}{said}")
     return 0
 
 
@@ -350,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=10, help="seeds per budget (default 10)")
     p.add_argument("--pooling", default="mean", help="which cached pooling to use")
     p.add_argument("--layers", type=_int_list, default=None, help="hidden states to use (default: all)")
-    p.add_argument("--pool-prior", type=float, default=None, metavar="POWER", help=POOL_PRIOR_HELP)
+    p.add_argument("--pool-prior", type=_pool_prior, default=None, metavar="auto|POWER", help=POOL_PRIOR_HELP)
     p.add_argument("--output", "-o", help="results folder")
     p.add_argument("--config", help="rerun a sweep from its config.toml")
     p.add_argument("--device", default="cpu", help=HEAD_DEVICE_HELP)
@@ -370,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help=HEAD_DEVICE_HELP)
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help=HEAD_PRECISION_HELP)
     p.add_argument("--kernel", default="auto", choices=["auto", "linear", "rbf", "both"], help=HEAD_KERNEL_HELP)
-    p.add_argument("--pool-prior", type=float, default=None, metavar="POWER",
+    p.add_argument("--pool-prior", type=_pool_prior, default=None, metavar="auto|POWER",
                    help=POOL_PRIOR_HELP + " (saved with the head, applied by evaluate and predict)")
     p.add_argument("--quiet", action="store_true", help="no progress bar over the epochs")
     p.set_defaults(handler=_train)

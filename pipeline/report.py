@@ -195,6 +195,16 @@ def _plot_probes(path: Path, probes: dict[str, list[float]]) -> None:
     plt.close(fig)
 
 
+def _pool_prior_note(config: Any, cells: list[dict[str, Any]]) -> str:
+    """The header's word on the pool prior: its power, or under "auto" how often logistic regression took it."""
+    if config.pool_prior is None:
+        return ""
+    if config.pool_prior != "auto":
+        return f"  pool prior: power {config.pool_prior:g}"
+    taken = [c["pool_prior"] for c in cells if "pool_prior" in c]
+    return f"  pool prior: auto (taken by last-layer in {sum(taken)} of {len(taken)} fits)"
+
+
 def write_report(out: Path, cells: list[dict[str, Any]], config, data) -> dict[str, Path]:
     """Write every table and plot; returns their paths."""
     cells = sorted(cells, key=lambda c: (config.heads.index(c["head"]) if c["head"] in config.heads else 99,
@@ -218,7 +228,7 @@ def write_report(out: Path, cells: list[dict[str, Any]], config, data) -> dict[s
     buf.write(f"# Sweep summary\n\ntrain: `{config.train}`  test: `{config.test or f'{config.test_fraction:.0%} split'}`"
               f"  pooling: {config.pooling}  seeds: {config.seeds}  budgets: {config.budget_mode}"
               + (f"  hidden states: {', '.join(map(str, config.layers))}" if config.layers else "")
-              + (f"  pool prior: power {config.pool_prior:g}" if config.pool_prior is not None else "") + "\n\n")
+              + _pool_prior_note(config, cells) + "\n\n")
     buf.write("Test accuracy (%), mean ± 95% confidence interval over seeds.\n\n" + table + "\n\n")
     buf.write(labels_needed(summary, per_class=per_class) + "\n\n")
     buf.write("| head | budget | labels | macro-F1 (%) | fit seconds |\n|---|---|---|---|---|\n")

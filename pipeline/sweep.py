@@ -21,6 +21,7 @@ from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
 from classify import LastLayerLogReg, LayerAttention, PoolPrior, ScalarMix, fit_many, sample_budget
+from classify.pool_prior import prior_helps
 from classify.heads import training_device
 from extract import InputError, open_cache
 
@@ -73,7 +74,9 @@ class SweepConfig:
     layers: list[int] | None = None  # hidden states to use; None: all
     params: dict[str, dict[str, Any]] = field(default_factory=dict)  # head -> hyperparameters
     device: str = "cpu"  # where scalar-mix and layer-attention train: cpu, cuda, cuda:N, mps or auto
-    pool_prior: float | None = None  # PoolPrior's power, fitted on every training row (labels unread); None: off
+    # PoolPrior's power, fitted on every training row (labels unread), for every head; "auto": power 1 for logistic
+    # regression where it cross-validates better on a cell's labelled rows, none for the others; None: off
+    pool_prior: float | str | None = None
 
     def __post_init__(self) -> None:
         bad = [h for h in self.heads if h not in HEADS]
@@ -90,8 +93,10 @@ class SweepConfig:
         if not 0 < self.test_fraction < 1:
             raise InputError(f"test fraction: expected a number in (0, 1), got {self.test_fraction}.")
         check_device(self.device)
-        if self.pool_prior is not None and not (isinstance(self.pool_prior, (int, float)) and self.pool_prior >= 0):
-            raise InputError(f"pool prior: expected a power >= 0 (1: the pool's covariance), got {self.pool_prior!r}.")
+        if self.pool_prior not in (None, "auto") and not (isinstance(self.pool_prior, (int, float))
+                                                         and self.pool_prior >= 0):
+            raise InputError(f"pool prior: expected 'auto' or a power >= 0 (1: the pool's covariance), got "
+                             f"{self.pool_prior!r}.")
         unknown = set(self.params) - set(self.heads)
         if unknown:
             raise InputError(f"params given for heads not in the sweep: {sorted(unknown)}.")
@@ -148,16 +153,38 @@ class Data:
     yt: np.ndarray
     train_meta: dict[str, Any]
     test_meta: dict[str, Any] | None
+    mapped: tuple[np.ndarray, np.ndarray] | None = None  # pool_prior="auto": the prior's X and Xt beside the raw
 
 
 def load_data(config: SweepConfig) -> Data:
     """The sweep's features and labels; with a pool prior, both sides mapped by the one fitted on the training rows
-    (every one, labels unread; never the test rows)."""
+    (every one, labels unread; never the test rows): in place of the raw features, or beside them for "auto"."""
     data = _read_data(config)
     if config.pool_prior is not None:
-        prior = PoolPrior(power=config.pool_prior).fit(data.X)
-        data.X, data.Xt = prior.transform(data.X), prior.transform(data.Xt)
+        prior = PoolPrior(power=1.0 if config.pool_prior == "auto" else config.pool_prior).fit(data.X)
+        mapped = prior.transform(data.X), prior.transform(data.Xt)
+        if config.pool_prior == "auto":
+            data.mapped = mapped
+        else:
+            data.X, data.Xt = mapped
     return data
+
+
+def fit_cells(head: Any, data: Data, rows: Sequence[np.ndarray], seeds: Sequence[int]) -> list[tuple[Any, bool | None]]:
+    """fit_many's heads, each with whether it took the pool prior (None: no choice was made). Under
+    pool_prior="auto" logistic regression takes the prior's features for the sets where they cross-validate
+    better (classify.pool_prior.prior_helps); the vectorised heads, which lost with the prior at every budget
+    measured, never do."""
+    if data.mapped is None or not isinstance(head, LastLayerLogReg):
+        return [(model, None) for model in fit_many(head, data.X, data.y, rows, seeds)]
+    takes = prior_helps(data.X, data.mapped[0], data.y, rows, seeds, layer=head.layer)
+    fitted: list[Any] = [None] * len(rows)
+    for choice, X in ((False, data.X), (True, data.mapped[0])):
+        picked = [i for i, t in enumerate(takes) if t == choice]
+        models = fit_many(head, X, data.y, [rows[i] for i in picked], [seeds[i] for i in picked]) if picked else []
+        for i, model in zip(picked, models):
+            fitted[i] = model
+    return list(zip(fitted, takes))
 
 
 def _read_data(config: SweepConfig) -> Data:
@@ -286,15 +313,17 @@ def run_sweep(config: SweepConfig, progress: bool = True, replace_other: bool = 
             rows = [_rows_for(config, data.y, b, s) for b, s in jobs]
             head = make_head(head_name, config.params.get(head_name), config.device, verbose=progress)
             start = time.perf_counter()
-            fitted = fit_many(head, data.X, data.y, rows, [s for _, s in jobs])
+            fitted = fit_cells(head, data, rows, [s for _, s in jobs])
             per_fit = (time.perf_counter() - start) / len(fitted)  # the batch's time, shared evenly
             cells = []
-            for (budget, seed), r, model in zip(jobs, rows, fitted):
-                pred = model.predict(data.Xt)
+            for (budget, seed), r, (model, took_prior) in zip(jobs, rows, fitted):
+                pred = model.predict(data.mapped[1] if took_prior else data.Xt)
                 cell = {"head": head_name, "budget": budget, "seed": seed, "n_train": len(r),
                         "accuracy": float(accuracy_score(data.yt, pred)),
                         "macro_f1": float(f1_score(data.yt, pred, average="macro")),
                         "fit_seconds": per_fit, "rows": r.tolist()}
+                if took_prior is not None:
+                    cell["pool_prior"] = took_prior
                 if hasattr(model, "layer_weights_"):
                     cell["layer_weights"] = [float(w) for w in model.layer_weights_]
                 cells.append(cell)

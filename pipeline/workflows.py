@@ -10,7 +10,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from classify import PoolPrior, check_feature_source, load_head, save_head
+from classify import LastLayerLogReg, PoolPrior, check_feature_source, load_head, save_head
+from classify.pool_prior import prior_helps
 from classify.persist import load_arrays
 from extract import CorpusSpec, InputError, extract_corpus, iter_records, open_cache, scan
 from pipeline.sweep import HEADS, SweepConfig, budget_rows, check_device, make_head, run_sweep
@@ -27,15 +28,16 @@ def feature_info(meta: dict[str, Any], pooling: str, layers: Sequence[int] | Non
 def train_head(train: str, head: str, output: str, *, budget: int | None = None, seed: int = 0,
                pooling: str = "mean", layers: Sequence[int] | None = None,
                params: dict[str, Any] | None = None, device: str = "cpu", progress: bool = False,
-               pool_prior: float | None = None) -> Path:
+               pool_prior: float | str | None = None) -> Path:
     """Fit one head on a cache (or a per-class budget of it) and save it to `output`; the vectorised heads
     train on `device`, with a progress bar over the epochs when `progress`. pool_prior: a PoolPrior of that power
-    fitted on every row of the cache (labels unread), saved with the head and applied wherever it is used."""
+    fitted on every row of the cache (labels unread), saved with the head and applied wherever it is used; "auto":
+    power 1 for logistic regression if it cross-validates better on the training rows, as in a sweep (the saved
+    config's feature_info says whether it did)."""
     if head not in HEADS:
         raise InputError(f"head: expected one of {', '.join(HEADS)}, got {head!r}.")
     check_device(device)
-    if pool_prior is not None and pool_prior < 0:
-        raise InputError(f"--pool-prior: expected a power >= 0 (1: the pool's covariance), got {pool_prior:g}.")
+    SweepConfig(train=train, output=output, pool_prior=pool_prior)  # the sweep's checks of the value
     with open_cache(train) as cache:
         X = cache.features(pooling, layers=layers)
         y = cache.label_strings()
@@ -43,13 +45,20 @@ def train_head(train: str, head: str, output: str, *, budget: int | None = None,
     rows = budget_rows(y, budget, seed, train)
     info = feature_info(meta, pooling, layers)
     info["train_rows"] = len(rows)
+    model = make_head(head, {**(params or {}), "random_state": seed}, device, verbose=progress)
     extra = {}
     if pool_prior is not None:
-        prior = PoolPrior(power=pool_prior).fit(X)
-        X = prior.transform(X)
-        info["pool_prior"] = pool_prior
-        extra["pool_prior"] = prior.arrays()
-    model = make_head(head, {**(params or {}), "random_state": seed}, device, verbose=progress).fit(X[rows], y[rows])
+        prior = PoolPrior(power=1.0 if pool_prior == "auto" else pool_prior).fit(X)
+        Z = prior.transform(X)
+        if pool_prior != "auto" or (isinstance(model, LastLayerLogReg)
+                                    and prior_helps(X, Z, y, [rows], [seed], layer=model.layer)[0]):
+            X = Z
+            info["pool_prior"] = prior.power
+            extra["pool_prior"] = prior.arrays()
+        else:
+            info["pool_prior"] = None
+        info["pool_prior_asked"] = pool_prior
+    model.fit(X[rows], y[rows])
     return save_head(model, output, info, extra)
 
 

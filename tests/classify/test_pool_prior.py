@@ -8,7 +8,8 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import classify.pool_prior as pool_prior
-from classify import PoolPrior
+from classify import PoolPrior, sample_budget
+from classify.pool_prior import prior_helps
 
 
 def pool(n: int = 60, L: int = 2, H: int = 5, seed: int = 0) -> np.ndarray:
@@ -86,6 +87,21 @@ def test_bad_input_is_named():
     bad[3, 0, 0] = np.nan
     with pytest.raises(ValueError, match=r"unlabelled pool.*NaN or inf.*first rows \[3\]"):
         PoolPrior().fit(bad)
+
+
+def test_cross_validation_takes_the_prior_where_the_labels_follow_the_pools_main_directions():
+    """200 dimensions, 3 of them with 3x the spread of the rest: labels along one of those 3, the prior pays (its
+    penalty spares them); along one of the others, it does not. 20 labels per class, 10 seeds."""
+    rng = np.random.default_rng(0)
+    X = (rng.normal(size=(1000, 200)) * np.r_[np.full(3, 3.0), np.ones(197)])[:, None, :].astype(np.float32)
+    Z = PoolPrior().fit_transform(X)
+    taken = {}
+    for name, y in (("main", X[:, 0, 0] > 0), ("minor", X[:, 0, -1] > 0)):
+        sets = [sample_budget(y, per_class=20, random_state=s) for s in range(10)]
+        taken[name] = sum(prior_helps(X, Z, y, sets, list(range(10))))
+    assert taken["main"] >= 9 and taken["minor"] <= 1
+    one_each = [np.array([0, 1])]  # nothing to hold out: no evidence, no prior
+    assert prior_helps(X, Z, np.arange(1000) % 2, one_each, [0]) == [False]
 
 
 @parametrize_with_checks([PoolPrior()])

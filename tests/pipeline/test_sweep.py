@@ -15,11 +15,12 @@ import pytest
 import torch
 from threadpoolctl import threadpool_info
 
-from classify import PoolPrior, load_head
+from classify import LastLayerLogReg, PoolPrior, load_head
+from classify.pool_prior import prior_helps
 from extract import InputError, extract_corpus, open_cache
 from pipeline.cli import main
 from pipeline.report import learning_curve_figure, summarize
-from pipeline.sweep import SweepConfig, load_data, read_cells, run_sweep
+from pipeline.sweep import SweepConfig, budget_rows, load_data, read_cells, run_sweep
 from pipeline.workflows import evaluate_head, predict_texts
 
 
@@ -146,6 +147,33 @@ def test_train_evaluate_predict(tmp_path, bbc_cache, bbc_slice, capsys):
 
 
 
+
+def test_an_auto_pool_prior_is_logistic_regressions_per_cell_choice(tmp_path, bbc_cache):
+    heads = ["last-layer", "layer-attention"]
+    plain = run_sweep(small_config(bbc_cache, tmp_path / "plain", heads=heads), progress=False)
+    config = small_config(bbc_cache, tmp_path / "auto", heads=heads, pool_prior="auto")
+    out = run_sweep(config, progress=False)
+    data, raw = load_data(config), load_data(small_config(bbc_cache, tmp_path / "x"))
+    prior = PoolPrior().fit(raw.X)
+    assert data.mapped is not None and np.array_equal(data.X, raw.X)  # the raw features, the mapped beside them
+    cells = {(c["head"], c["budget"], c["seed"]): c for c in read_cells(out / "cells.jsonl")}
+    for key, cell in cells.items():
+        if key[0] == "layer-attention":  # never the prior: the plain sweep's numbers
+            assert "pool_prior" not in cell
+            continue
+        rows = np.array(cell["rows"])
+        took = prior_helps(data.X, data.mapped[0], data.y, [rows], [cell["seed"]])[0]
+        assert cell["pool_prior"] == took
+        X, Xt = (prior.transform(data.X), prior.transform(data.Xt)) if took else (data.X, data.Xt)
+        assert cell["accuracy"] == pytest.approx(LastLayerLogReg(random_state=cell["seed"]).fit(
+            X[rows], data.y[rows]).score(Xt, data.yt))
+    assert not any(c["budget"] == "1" and c.get("pool_prior") for c in cells.values())  # one row a class: no CV
+    la = [c for c in read_cells(plain / "cells.jsonl") if c["head"] == "layer-attention"]
+    assert timeless(la) == timeless([c for c in cells.values() if c["head"] == "layer-attention"])
+    taken = sum(c.get("pool_prior", False) for c in cells.values())
+    assert f"pool prior: auto (taken by last-layer in {taken} of 4 fits)" in (out / "summary.md").read_text()
+    assert SweepConfig.from_toml(out / "config.toml").pool_prior == "auto"
+
 def test_a_head_trained_with_a_pool_prior_carries_it_to_evaluate_and_predict(tmp_path, bbc_cache, bbc_slice, capsys):
     head = tmp_path / "head"
     assert main(["train", "--train", str(bbc_cache), "--head", "last-layer", "--budget", "3", "--pool-prior", "1",
@@ -154,8 +182,8 @@ def test_a_head_trained_with_a_pool_prior_carries_it_to_evaluate_and_predict(tmp
     with open_cache(bbc_cache) as cache:
         X, y = cache.features("mean"), cache.label_strings()
     mapped = PoolPrior().fit(X).transform(X)  # every cached row, labels unread
-    expected = load_head(head).score(mapped, y)
-    assert evaluate_head(str(head), str(bbc_cache)).accuracy == pytest.approx(expected)
+    accuracy = load_head(head).score(mapped, y)
+    assert evaluate_head(str(head), str(bbc_cache)).accuracy == pytest.approx(accuracy)
     assert evaluate_head(str(head), str(bbc_cache)).accuracy != pytest.approx(load_head(head).score(X, y))
     rows = predict_texts(str(head), input=str(bbc_slice))  # the encoder again, then the saved map
     assert [r["label"] for r in rows] == list(load_head(head).predict(mapped))
@@ -164,6 +192,20 @@ def test_a_head_trained_with_a_pool_prior_carries_it_to_evaluate_and_predict(tmp
     assert "pool_prior.safetensors: no such file, but the head's config.json says" in capsys.readouterr().err
     assert main(["train", "--train", str(bbc_cache), "--pool-prior", "-1", "-o", str(tmp_path / "h2")]) == 2
     assert not (tmp_path / "h2").exists()
+    capsys.readouterr()
+    budgets = [(k, seed) for k in (2, 3, 4, 5, 6) for seed in (0, 1, 2)]
+    takes = prior_helps(X, mapped, y, [budget_rows(y, k, seed, "") for k, seed in budgets], [s for _, s in budgets])
+    assert any(takes) and not all(takes)
+    for (k, seed), took in [(budgets[takes.index(True)], True), (budgets[takes.index(False)], False)]:
+        for name in ("last-layer", "layer-attention"):  # logistic regression's choice; never the attention head's
+            expected = took and name == "last-layer"
+            assert main(["train", "--train", str(bbc_cache), "--head", name, "--budget", str(k), "--seed", str(seed),
+                         "--pool-prior", "auto", "-o", str(tmp_path / name), "--quiet"]) == 0
+            assert f"(pool prior: {'taken' if expected else 'not taken'}, by" in capsys.readouterr().out
+            info = load_head(tmp_path / name).feature_info_
+            assert info["pool_prior_asked"] == "auto"
+            assert (info["pool_prior"] == 1.0) == (tmp_path / name / "pool_prior.safetensors").exists() == expected
+
 
 def test_out_of_domain_evaluation_needs_a_label_map(tmp_path, bbc_cache, bbc_slice, tiny_bert):
     head = tmp_path / "head"
@@ -237,7 +279,7 @@ def test_a_pool_prior_maps_train_and_test_by_the_training_rows_and_is_another_sw
     assert "pool prior: power 1" in (out / "summary.md").read_text()
     assert (timeless(read_cells(out / "cells.jsonl"))
             != timeless(read_cells(tmp_path / "s" / "cells.jsonl")))  # the heads saw other features
-    with pytest.raises(InputError, match="pool prior: expected a power >= 0"):
+    with pytest.raises(InputError, match="pool prior: expected 'auto' or a power >= 0"):
         small_config(bbc_cache, tmp_path / "x", pool_prior=-0.5)
     assert main(["sweep", "--train", str(bbc_cache), "--output", str(tmp_path / "c"), "--heads", "last-layer",
                  "--budgets", "1", "--seeds", "1", "--pool-prior", "0.5", "--quiet"]) == 0
