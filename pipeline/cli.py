@@ -136,7 +136,7 @@ def _sweep(args: argparse.Namespace) -> int:
         given = [f"--{k}" for k in head_params(list(HEADS), args.precision, args.kernel).get("layer-attention", {})]
         if args.pool_prior is not None:
             raise InputError("sweep: --pool-prior does not apply to --config, which reruns the sweep as recorded; "
-                             "set pool_prior = POWER in its [sweep] table, or drop --config.")
+                             "set pool_prior (\"auto\" or a power) in its [sweep] table, or drop --config.")
         if given:
             raise InputError(f"sweep: {' and '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to "
                              "--config, which reruns the sweep as recorded; set them in its "

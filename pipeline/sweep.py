@@ -21,8 +21,8 @@ from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
 from classify import LastLayerLogReg, LayerAttention, PoolPrior, ScalarMix, fit_many, sample_budget
-from classify.pool_prior import prior_helps
 from classify.heads import training_device
+from classify.pool_prior import prior_helps
 from extract import InputError, open_cache
 
 HEADS = {"last-layer": LastLayerLogReg, "scalar-mix": ScalarMix, "layer-attention": LayerAttention}
@@ -47,6 +47,12 @@ def head_params(heads: Sequence[str], precision: str = "fp32", kernel: str = "au
     defaults = {h: HEADS[h]().get_params() for h in heads if h in HEADS}  # a head without the param never gets it
     params = {h: {k: v for k, v in asked.items() if d.get(k, v) != v} for h, d in defaults.items()}
     return {h: p for h, p in params.items() if p}
+
+
+def check_pool_prior(value: object) -> None:
+    """A sweep's or a trained head's pool_prior: None, "auto" or a power >= 0."""
+    if value not in (None, "auto") and not (isinstance(value, (int, float)) and value >= 0):
+        raise InputError(f"pool prior: expected 'auto' or a power >= 0 (1: the pool's covariance), got {value!r}.")
 
 
 def check_device(device: str) -> None:
@@ -93,10 +99,7 @@ class SweepConfig:
         if not 0 < self.test_fraction < 1:
             raise InputError(f"test fraction: expected a number in (0, 1), got {self.test_fraction}.")
         check_device(self.device)
-        if self.pool_prior not in (None, "auto") and not (isinstance(self.pool_prior, (int, float))
-                                                         and self.pool_prior >= 0):
-            raise InputError(f"pool prior: expected 'auto' or a power >= 0 (1: the pool's covariance), got "
-                             f"{self.pool_prior!r}.")
+        check_pool_prior(self.pool_prior)
         unknown = set(self.params) - set(self.heads)
         if unknown:
             raise InputError(f"params given for heads not in the sweep: {sorted(unknown)}.")

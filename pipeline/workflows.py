@@ -14,7 +14,7 @@ from classify import LastLayerLogReg, PoolPrior, check_feature_source, load_head
 from classify.pool_prior import prior_helps
 from classify.persist import load_arrays
 from extract import CorpusSpec, InputError, extract_corpus, iter_records, open_cache, scan
-from pipeline.sweep import HEADS, SweepConfig, budget_rows, check_device, make_head, run_sweep
+from pipeline.sweep import HEADS, SweepConfig, budget_rows, check_device, check_pool_prior, make_head, run_sweep
 
 
 def feature_info(meta: dict[str, Any], pooling: str, layers: Sequence[int] | None) -> dict[str, Any]:
@@ -37,7 +37,7 @@ def train_head(train: str, head: str, output: str, *, budget: int | None = None,
     if head not in HEADS:
         raise InputError(f"head: expected one of {', '.join(HEADS)}, got {head!r}.")
     check_device(device)
-    SweepConfig(train=train, output=output, pool_prior=pool_prior)  # the sweep's checks of the value
+    check_pool_prior(pool_prior)
     with open_cache(train) as cache:
         X = cache.features(pooling, layers=layers)
         y = cache.label_strings()

@@ -285,7 +285,7 @@ def test_a_pool_prior_maps_train_and_test_by_the_training_rows_and_is_another_sw
                  "--budgets", "1", "--seeds", "1", "--pool-prior", "0.5", "--quiet"]) == 0
     assert SweepConfig.from_toml(tmp_path / "c" / "config.toml").pool_prior == 0.5
     assert main(["sweep", "--config", str(tmp_path / "c" / "config.toml"), "--pool-prior", "1"]) == 2
-    assert "set pool_prior = POWER in its [sweep] table" in capsys.readouterr().err
+    assert 'set pool_prior ("auto" or a power) in its [sweep] table' in capsys.readouterr().err
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_a_sweep_on_a_gpu_fits_every_budget_of_a_head_in_one_call(tmp_path, bbc_cache):
