@@ -146,8 +146,6 @@ def test_train_evaluate_predict(tmp_path, bbc_cache, bbc_slice, capsys):
     assert main(["predict", "--head", str(head), "--text", "  "]) == 2
 
 
-
-
 def test_an_auto_pool_prior_is_logistic_regressions_per_cell_choice(tmp_path, bbc_cache):
     heads = ["last-layer", "layer-attention"]
     plain = run_sweep(small_config(bbc_cache, tmp_path / "plain", heads=heads), progress=False)
@@ -173,6 +171,7 @@ def test_an_auto_pool_prior_is_logistic_regressions_per_cell_choice(tmp_path, bb
     taken = sum(c.get("pool_prior", False) for c in cells.values())
     assert f"pool prior: auto (taken by last-layer in {taken} of 4 fits)" in (out / "summary.md").read_text()
     assert SweepConfig.from_toml(out / "config.toml").pool_prior == "auto"
+
 
 def test_a_head_trained_with_a_pool_prior_carries_it_to_evaluate_and_predict(tmp_path, bbc_cache, bbc_slice, capsys):
     head = tmp_path / "head"
@@ -262,7 +261,6 @@ def test_kernel_reaches_the_vectorised_heads_and_the_recorded_config(tmp_path, b
     assert head.kernel == "rbf" and head._parts() == ["rbf"]
 
 
-
 def test_a_pool_prior_maps_train_and_test_by_the_training_rows_and_is_another_sweep(tmp_path, bbc_cache, capsys):
     plain = small_config(bbc_cache, tmp_path / "s", heads=["last-layer"])
     prior = small_config(bbc_cache, tmp_path / "s", heads=["last-layer"], pool_prior=1.0)
@@ -286,6 +284,7 @@ def test_a_pool_prior_maps_train_and_test_by_the_training_rows_and_is_another_sw
     assert SweepConfig.from_toml(tmp_path / "c" / "config.toml").pool_prior == 0.5
     assert main(["sweep", "--config", str(tmp_path / "c" / "config.toml"), "--pool-prior", "1"]) == 2
     assert 'set pool_prior ("auto" or a power) in its [sweep] table' in capsys.readouterr().err
+
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_a_sweep_on_a_gpu_fits_every_budget_of_a_head_in_one_call(tmp_path, bbc_cache):
