@@ -35,6 +35,10 @@ def collect(runs: Sequence[str], task: str | None = None) -> list[dict[str, Any]
                 cells.append(cell)
     if not cells:
         raise InputError(f"no results for task {task!r} in {', '.join(runs)}.")
+    for c in cells:  # a sweep with --pool-prior is another method than one without, on the same rows and seeds
+        if "pool_prior" in c:
+            prior = c["pool_prior"]
+            c["head"] = f"{c['head']}, pool prior {prior if isinstance(prior, str) else format(prior, 'g')}"
     if len({c["task"] for c in cells}) > 1:  # one line per task and method
         for c in cells:
             c["head"] = f"{c['task']}: {c['head']}"

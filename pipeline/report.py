@@ -201,7 +201,7 @@ def _pool_prior_note(config: Any, cells: list[dict[str, Any]]) -> str:
         return ""
     if config.pool_prior != "auto":
         return f"  pool prior: power {config.pool_prior:g}"
-    taken = [c["pool_prior"] for c in cells if "pool_prior" in c]
+    taken = [c["pool_prior_taken"] for c in cells if "pool_prior_taken" in c]
     return f"  pool prior: auto (taken by last-layer in {sum(taken)} of {len(taken)} fits)"
 
 

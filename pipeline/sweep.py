@@ -325,8 +325,10 @@ def run_sweep(config: SweepConfig, progress: bool = True, replace_other: bool = 
                         "accuracy": float(accuracy_score(data.yt, pred)),
                         "macro_f1": float(f1_score(data.yt, pred, average="macro")),
                         "fit_seconds": per_fit, "rows": r.tolist()}
+                if config.pool_prior is not None and (config.pool_prior != "auto" or took_prior is not None):
+                    cell["pool_prior"] = config.pool_prior  # the features it saw: compare names the method by it
                 if took_prior is not None:
-                    cell["pool_prior"] = took_prior
+                    cell["pool_prior_taken"] = took_prior
                 if hasattr(model, "layer_weights_"):
                     cell["layer_weights"] = [float(w) for w in model.layer_weights_]
                 cells.append(cell)

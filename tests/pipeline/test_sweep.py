@@ -19,6 +19,7 @@ from classify import LastLayerLogReg, PoolPrior, load_head
 from classify.pool_prior import prior_helps
 from extract import InputError, extract_corpus, open_cache
 from pipeline.cli import main
+from pipeline.compare import collect
 from pipeline.report import learning_curve_figure, summarize
 from pipeline.sweep import SweepConfig, budget_rows, load_data, read_cells, run_sweep
 from pipeline.workflows import evaluate_head, predict_texts
@@ -157,20 +158,23 @@ def test_an_auto_pool_prior_is_logistic_regressions_per_cell_choice(tmp_path, bb
     cells = {(c["head"], c["budget"], c["seed"]): c for c in read_cells(out / "cells.jsonl")}
     for key, cell in cells.items():
         if key[0] == "layer-attention":  # never the prior: the plain sweep's numbers
-            assert "pool_prior" not in cell
+            assert "pool_prior" not in cell and "pool_prior_taken" not in cell
             continue
         rows = np.array(cell["rows"])
         took = prior_helps(data.X, data.mapped[0], data.y, [rows], [cell["seed"]])[0]
-        assert cell["pool_prior"] == took
+        assert cell["pool_prior"] == "auto" and cell["pool_prior_taken"] == took
         X, Xt = (prior.transform(data.X), prior.transform(data.Xt)) if took else (data.X, data.Xt)
         assert cell["accuracy"] == pytest.approx(LastLayerLogReg(random_state=cell["seed"]).fit(
             X[rows], data.y[rows]).score(Xt, data.yt))
-    assert not any(c["budget"] == "1" and c.get("pool_prior") for c in cells.values())  # one row a class: no CV
+    assert not any(c["budget"] == "1" and c.get("pool_prior_taken") for c in cells.values())  # one row a class
     la = [c for c in read_cells(plain / "cells.jsonl") if c["head"] == "layer-attention"]
     assert timeless(la) == timeless([c for c in cells.values() if c["head"] == "layer-attention"])
-    taken = sum(c.get("pool_prior", False) for c in cells.values())
+    taken = sum(c.get("pool_prior_taken", False) for c in cells.values())
     assert f"pool prior: auto (taken by last-layer in {taken} of 4 fits)" in (out / "summary.md").read_text()
     assert SweepConfig.from_toml(out / "config.toml").pool_prior == "auto"
+    # beside the plain sweep in one comparison: logistic regression twice, the identical attention fits once
+    methods = {c["head"] for c in collect([str(plain), str(out)])}
+    assert methods == {"last-layer", "last-layer, pool prior auto", "layer-attention"}
 
 
 def test_a_head_trained_with_a_pool_prior_carries_it_to_evaluate_and_predict(tmp_path, bbc_cache, bbc_slice, capsys):
@@ -275,6 +279,7 @@ def test_a_pool_prior_maps_train_and_test_by_the_training_rows_and_is_another_sw
     out = run_sweep(prior, progress=False)
     assert SweepConfig.from_toml(out / "config.toml").pool_prior == 1.0
     assert "pool prior: power 1" in (out / "summary.md").read_text()
+    assert {c["head"] for c in collect([str(tmp_path / "s"), str(out)])} == {"last-layer", "last-layer, pool prior 1"}
     assert (timeless(read_cells(out / "cells.jsonl"))
             != timeless(read_cells(tmp_path / "s" / "cells.jsonl")))  # the heads saw other features
     with pytest.raises(InputError, match="pool prior: expected 'auto' or a power >= 0"):
