@@ -163,7 +163,7 @@ def load_data(config: SweepConfig) -> Data:
     """The sweep's features and labels; with a pool prior, both sides mapped by the one fitted on the training rows
     (every one, labels unread; never the test rows): in place of the raw features, or beside them for "auto"."""
     data = _read_data(config)
-    if config.pool_prior is not None:
+    if config.pool_prior is not None and (config.pool_prior != "auto" or "last-layer" in config.heads):
         prior = PoolPrior(power=1.0 if config.pool_prior == "auto" else config.pool_prior).fit(data.X)
         mapped = prior.transform(data.X), prior.transform(data.Xt)
         if config.pool_prior == "auto":

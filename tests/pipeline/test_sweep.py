@@ -155,6 +155,8 @@ def test_an_auto_pool_prior_is_logistic_regressions_per_cell_choice(tmp_path, bb
     data, raw = load_data(config), load_data(small_config(bbc_cache, tmp_path / "x"))
     prior = PoolPrior().fit(raw.X)
     assert data.mapped is not None and np.array_equal(data.X, raw.X)  # the raw features, the mapped beside them
+    no_regression = small_config(bbc_cache, tmp_path / "y", heads=["layer-attention"], pool_prior="auto")
+    assert load_data(no_regression).mapped is None  # nothing would take it: not computed
     cells = {(c["head"], c["budget"], c["seed"]): c for c in read_cells(out / "cells.jsonl")}
     for key, cell in cells.items():
         if key[0] == "layer-attention":  # never the prior: the plain sweep's numbers
