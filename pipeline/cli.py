@@ -169,7 +169,9 @@ def _train(args: argparse.Namespace) -> int:
                       params=head_params([args.head], args.precision, args.kernel).get(args.head),
                       progress=not args.quiet, pool_prior=args.pool_prior)
     said = ""
-    if args.pool_prior == "auto":
+    if args.pool_prior == "auto" and args.head != "last-layer":
+        said = " (pool prior: not taken; auto gives it to last-layer only)"
+    elif args.pool_prior == "auto":
         took = json.loads((path / "config.json").read_text())["feature_info"]["pool_prior"] is not None
         said = f" (pool prior: {'taken' if took else 'not taken'}, by cross-validation on the training rows)"
     print(f"saved {args.head} to {path}{said}")

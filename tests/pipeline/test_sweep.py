@@ -206,7 +206,9 @@ def test_a_head_trained_with_a_pool_prior_carries_it_to_evaluate_and_predict(tmp
             expected = took and name == "last-layer"
             assert main(["train", "--train", str(bbc_cache), "--head", name, "--budget", str(k), "--seed", str(seed),
                          "--pool-prior", "auto", "-o", str(tmp_path / name), "--quiet"]) == 0
-            assert f"(pool prior: {'taken' if expected else 'not taken'}, by" in capsys.readouterr().out
+            said = (f"{'taken' if expected else 'not taken'}, by cross-validation" if name == "last-layer"
+                    else "not taken; auto gives it to last-layer only")
+            assert f"(pool prior: {said}" in capsys.readouterr().out
             info = load_head(tmp_path / name).feature_info_
             assert info["pool_prior_asked"] == "auto"
             assert (info["pool_prior"] == 1.0) == (tmp_path / name / "pool_prior.safetensors").exists() == expected
