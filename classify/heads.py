@@ -348,10 +348,10 @@ class _StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
         for s, (rows, seed) in enumerate(zip(row_sets, seeds)):
             n = len(rows)
             idx[s, :n] = rows
-            counts = np.bincount(codes[rows], minlength=n_classes).astype(np.float32)
             if class_weights is not None:
                 balance = class_weights[codes[rows]].astype(np.float32)
             elif self.class_weight == "balanced":
+                counts = np.bincount(codes[rows], minlength=n_classes).astype(np.float32)
                 balance = (n / (n_classes * np.maximum(counts, 1)))[codes[rows]]
             else:
                 balance = np.ones(n, np.float32)

@@ -161,7 +161,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from pipeline.sweep import head_params
+    from pipeline.sweep import AUTO_PRIOR_HEADS, HEADS, head_params
     from pipeline.workflows import train_head
 
     path = train_head(args.train, args.head, args.output, budget=args.budget, seed=args.seed,
@@ -169,7 +169,7 @@ def _train(args: argparse.Namespace) -> int:
                       params=head_params([args.head], args.precision, args.kernel).get(args.head),
                       progress=not args.quiet, pool_prior=args.pool_prior)
     said = ""
-    if args.pool_prior == "auto" and args.head != "last-layer":
+    if args.pool_prior == "auto" and not issubclass(HEADS[args.head], AUTO_PRIOR_HEADS):
         said = " (pool prior: not taken; auto gives it to last-layer only)"
     elif args.pool_prior == "auto":
         took = json.loads((path / "config.json").read_text())["feature_info"]["pool_prior"] is not None

@@ -28,6 +28,10 @@ from extract import InputError, open_cache
 HEADS = {"last-layer": LastLayerLogReg, "scalar-mix": ScalarMix, "layer-attention": LayerAttention}
 CELL_KEYS = ("head", "budget", "seed")
 UNRECORDED = ("device", "verbose")  # head params that do not change a sweep's numbers: not part of its identity
+# pool_prior="auto": the heads that may take the prior, per fit (the vectorised heads lost with it at every budget
+# measured), and the power it offers them
+AUTO_PRIOR_HEADS = (LastLayerLogReg,)
+AUTO_PRIOR_POWER = 1.0
 
 
 def make_head(name: str, params: dict[str, Any] | None = None, device: str = "cpu", verbose: bool = False) -> Any:
@@ -53,6 +57,11 @@ def check_pool_prior(value: object) -> None:
     """A sweep's or a trained head's pool_prior: None, "auto" or a power >= 0."""
     if value not in (None, "auto") and not (isinstance(value, (int, float)) and value >= 0):
         raise InputError(f"pool prior: expected 'auto' or a power >= 0 (1: the pool's covariance), got {value!r}.")
+
+
+def prior_power(pool_prior: float | str) -> float:
+    """The PoolPrior power of a pool_prior setting: AUTO_PRIOR_POWER for "auto"."""
+    return AUTO_PRIOR_POWER if pool_prior == "auto" else float(pool_prior)
 
 
 def check_device(device: str) -> None:
@@ -163,8 +172,9 @@ def load_data(config: SweepConfig) -> Data:
     """The sweep's features and labels; with a pool prior, both sides mapped by the one fitted on the training rows
     (every one, labels unread; never the test rows): in place of the raw features, or beside them for "auto"."""
     data = _read_data(config)
-    if config.pool_prior is not None and (config.pool_prior != "auto" or "last-layer" in config.heads):
-        prior = PoolPrior(power=1.0 if config.pool_prior == "auto" else config.pool_prior).fit(data.X)
+    if config.pool_prior is not None and (config.pool_prior != "auto"
+                                          or any(issubclass(HEADS[h], AUTO_PRIOR_HEADS) for h in config.heads)):
+        prior = PoolPrior(power=prior_power(config.pool_prior)).fit(data.X)
         mapped = prior.transform(data.X), prior.transform(data.Xt)
         if config.pool_prior == "auto":
             data.mapped = mapped
@@ -176,9 +186,8 @@ def load_data(config: SweepConfig) -> Data:
 def fit_cells(head: Any, data: Data, rows: Sequence[np.ndarray], seeds: Sequence[int]) -> list[tuple[Any, bool | None]]:
     """fit_many's heads, each with whether it took the pool prior (None: no choice was made). Under
     pool_prior="auto" logistic regression takes the prior's features for the sets where they cross-validate
-    better (classify.pool_prior.prior_helps); the vectorised heads, which lost with the prior at every budget
-    measured, never do."""
-    if data.mapped is None or not isinstance(head, LastLayerLogReg):
+    better (classify.pool_prior.prior_helps); the other heads never do (AUTO_PRIOR_HEADS)."""
+    if data.mapped is None or not isinstance(head, AUTO_PRIOR_HEADS):
         return [(model, None) for model in fit_many(head, data.X, data.y, rows, seeds)]
     takes = prior_helps(data.X, data.mapped[0], data.y, rows, seeds, layer=head.layer)
     fitted: list[Any] = [None] * len(rows)

@@ -10,11 +10,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from classify import LastLayerLogReg, PoolPrior, check_feature_source, load_head, save_head
+from classify import PoolPrior, check_feature_source, load_head, save_head
 from classify.pool_prior import prior_helps
 from classify.persist import load_arrays
 from extract import CorpusSpec, InputError, extract_corpus, iter_records, open_cache, scan
-from pipeline.sweep import HEADS, SweepConfig, budget_rows, check_device, check_pool_prior, make_head, run_sweep
+from pipeline.sweep import (AUTO_PRIOR_HEADS, HEADS, SweepConfig, budget_rows, check_device, check_pool_prior,
+                            make_head, prior_power, run_sweep)
 
 
 def feature_info(meta: dict[str, Any], pooling: str, layers: Sequence[int] | None) -> dict[str, Any]:
@@ -48,16 +49,12 @@ def train_head(train: str, head: str, output: str, *, budget: int | None = None,
     model = make_head(head, {**(params or {}), "random_state": seed}, device, verbose=progress)
     extra = {}
     if pool_prior is not None:
-        prior = PoolPrior(power=1.0 if pool_prior == "auto" else pool_prior).fit(X)
+        info["pool_prior"], info["pool_prior_asked"] = None, pool_prior
+    if pool_prior is not None and (pool_prior != "auto" or isinstance(model, AUTO_PRIOR_HEADS)):
+        prior = PoolPrior(power=prior_power(pool_prior)).fit(X)
         Z = prior.transform(X)
-        if pool_prior != "auto" or (isinstance(model, LastLayerLogReg)
-                                    and prior_helps(X, Z, y, [rows], [seed], layer=model.layer)[0]):
-            X = Z
-            info["pool_prior"] = prior.power
-            extra["pool_prior"] = prior.arrays()
-        else:
-            info["pool_prior"] = None
-        info["pool_prior_asked"] = pool_prior
+        if pool_prior != "auto" or prior_helps(X, Z, y, [rows], [seed], layer=model.layer)[0]:
+            X, info["pool_prior"], extra["pool_prior"] = Z, prior.power, prior.arrays()
     model.fit(X[rows], y[rows])
     return save_head(model, output, info, extra)
 
