@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from classify.matmul import times_narrow
+
 HISTORY = 10  # L-BFGS correction pairs, scipy's default
 ARMIJO = 1e-4  # sufficient decrease of the line search
 # cross_validated: from this many classes, where a step is bound by its matmuls, each fold trains on a copy of its
@@ -29,14 +31,26 @@ def _objective(theta: torch.Tensor, Z: torch.Tensor, onehot: torch.Tensor, w: to
     to 1; absent (G, F, C) classes a problem never trains on, held at probability 0; reg (G, F) = 1 / (C n) (twice
     that for two classes) per problem."""
     W, b = theta[..., :-1, :], theta[..., -1, :]
-    logits = torch.einsum("gnh,gfhc->gfnc", Z, W) + b[:, :, None, :]  # (G, F, n, C)
+    logits = _logits(Z, W) + b[:, :, None, :]  # (G, F, n, C)
     logits = logits.masked_fill(absent[:, :, None, :], float("-inf"))
     logp = logits.log_softmax(-1)
     nll = -(logp.masked_fill(onehot[:, None] == 0, 0).sum(-1))  # (G, F, n): inf on rows of an absent class, ...
     value = torch.where(w > 0, w * nll, 0).sum(-1) + 0.5 * reg * (W * W).sum((-2, -1))  # ... which have no weight
     residual = w[..., None] * (logp.exp() - onehot[:, None])  # (G, F, n, C)
-    gW = torch.einsum("gnh,gfnc->gfhc", Z, residual) + reg[..., None, None] * W
+    gW = _weights_gradient(Z, residual) + reg[..., None, None] * W
     return value, torch.cat([gW, residual.sum(-2)[:, :, None, :]], dim=-2)
+
+
+def _logits(Z: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """Z (G, n, H), W (G, F, H, C) -> (G, F, n, C) every problem's Z W, one narrow product per group over Z."""
+    G, F, H, C = W.shape
+    return times_narrow(Z, W.transpose(1, 2).reshape(G, H, F * C)).unflatten(-1, (F, C)).transpose(1, 2)
+
+
+def _weights_gradient(Z: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
+    """Z (G, n, H), R (G, F, n, C) -> (G, F, H, C) every problem's Zᵀ R, computed as (Rᵀ Z)ᵀ (see matmul.py)."""
+    G, F, n, C = R.shape
+    return torch.bmm(R.transpose(1, 2).reshape(G, n, F * C).mT, Z).unflatten(1, (F, C)).mT
 
 
 def fit_logregs(Z: torch.Tensor, codes: torch.Tensor, w: torch.Tensor, n_classes: int, C: float = 1.0,
@@ -146,7 +160,7 @@ def cross_validated(Z: torch.Tensor, codes: torch.Tensor, folds: torch.Tensor, n
     else:
         theta = fit_logregs(Z, codes, train, n_classes, C, tol)
     present = (torch.nn.functional.one_hot(codes, n_classes) * (folds >= 0)[..., None]).amax(1).bool()  # (G, C)
-    logits = torch.einsum("gnh,gfhc->gfnc", Z, theta[..., :-1, :]) + theta[..., -1, None, :]
+    logits = _logits(Z, theta[..., :-1, :]) + theta[..., -1, None, :]
     logp = logits.masked_fill(~present[:, None, None, :], float("-inf")).log_softmax(-1)
     own = logp.gather(-1, codes[:, None, :, None].expand(-1, F, -1, 1))[..., 0]  # (G, F, n)
     own = torch.logaddexp(own, torch.full_like(own, -20.723265836946411))  # log(p + 1e-9)

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from classify.matmul import times_narrow
+
 
 # The layer selector (mix weights, attention) is held 100x more tightly than the classifier. Measured on
 # TREC-6: a free selector picks whichever layer fits a few labels best and loses up to 6 points at
@@ -49,7 +51,7 @@ class ScalarMixStack(torch.nn.Module):
         z = self.gamma[..., None, None] * mix.view(S, -1, n, H)  # (S, M, n, H)
         if dropout > 0:
             z = z * (torch.rand(z.shape, generator=generator, device=z.device) >= dropout) / (1 - dropout)
-        return torch.einsum("smnh,smhc->smnc", z, self.W) + self.b[:, :, None, :]
+        return times_narrow(z, self.W) + self.b[:, :, None, :]  # (S, M, n, C)
 
     def penalty(self) -> torch.Tensor:
         """(S, M) squared L2 norm of the classifier weights, plus the mixing weights held tightly."""
@@ -79,7 +81,7 @@ class LayerAttentionStack(torch.nn.Module):
 
     def layer_weights(self, x: torch.Tensor) -> torch.Tensor:
         """x (S, n, L, H) -> (S, M, n, L) per-document weights over layers."""
-        return self._scores(torch.matmul(x.transpose(1, 2), self.u.permute(0, 2, 3, 1))).softmax(-1)
+        return self._scores(times_narrow(x.transpose(1, 2), self.u.permute(0, 2, 3, 1))).softmax(-1)
 
     def forward(self, x: torch.Tensor, dropout: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
         """x (S, n, L, H), fastest in layer_major layout -> logits (S, M, n, C)"""
@@ -87,7 +89,7 @@ class LayerAttentionStack(torch.nn.Module):
         M, C = self.W.shape[1], self.W.shape[-1]
         # one matmul per (set, layer) reads x once for every member's classifier and attention: (n, H) @ (H, M*C + M)
         w = torch.cat([self.W.permute(0, 2, 3, 1, 4).reshape(S, L, H, M * C), self.u.permute(0, 2, 3, 1)], -1)
-        out = torch.matmul(x.transpose(1, 2), w)  # (S, L, n, M*C + M)
+        out = times_narrow(x.transpose(1, 2), w)  # (S, L, n, M*C + M)
         per_layer = out[..., :M * C].unflatten(-1, (M, C)).permute(0, 3, 2, 1, 4)  # (S, M, n, L, C)
         if dropout > 0:  # drop whole layers' votes
             keep = torch.rand(per_layer.shape[:-1], generator=generator, device=x.device) >= dropout
