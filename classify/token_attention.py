@@ -13,6 +13,7 @@ from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
 from classify.features import check_features, check_known_labels, check_labels
+from classify.matmul import times_narrow
 from classify.persist import SaveLoadMixin
 from classify.stack import SELECTOR_L2, LayerAttentionStack
 
@@ -76,7 +77,8 @@ class TokenLayerAttention(SaveLoadMixin, ClassifierMixin, BaseEstimator):
 
     def _forward(self, x: torch.Tensor, segment: torch.Tensor, n: int) -> torch.Tensor:
         """x (tokens, L, H) of n documents, segment (tokens,) each token's document -> logits (n, C)"""
-        scores = torch.einsum("tlh,lh->tl", x, self.query_) / math.sqrt(x.shape[-1])  # (tokens, L)
+        # x_{t,l}·q_l for every token and layer, the query on the left (matmul.py): (L, tokens, 1) -> (tokens, L)
+        scores = times_narrow(x.transpose(0, 1), self.query_[:, :, None])[..., 0].T / math.sqrt(x.shape[-1])
         with torch.no_grad():  # softmax within each document; the shift by its max only keeps exp() finite
             top = scores.new_full((n, scores.shape[1]), -math.inf).scatter_reduce_(
                 0, segment[:, None].expand_as(scores), scores, "amax")  # (n, L)
