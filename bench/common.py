@@ -19,6 +19,24 @@ DATASETS = {
 }
 
 
+def cpu_name() -> str:
+    """The CPU's model name and the threads torch uses, for benchmark headers: figures differ between CPUs
+    (an Intel Xeon with AMX and an AMD EPYC gave this project's heads 1.3-3.5x apart), so each run says which."""
+    import platform
+
+    import torch
+
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {torch.get_num_threads()} threads"
+
+
 def build(name: str, max_length: int = 256) -> tuple[Path, Path | None]:
     """Extract (or reuse) the train and test caches of a dataset; BBC has one cache, split later."""
     from extract import extract_corpus

@@ -36,6 +36,8 @@ from extract.corpus import CorpusSpec, iter_records  # noqa: E402
 from extract.encoder import load_model, load_tokenizer, resolve_device, resolve_model  # noqa: E402
 from extract.pooling import pool  # noqa: E402
 
+from common import cpu_name  # noqa: E402  (bench/ is the script's folder)
+
 
 def mixed_corpus(path: Path, n_trec: int, n_bbc: int, copies: int = 1) -> int:
     trec = ROOT.parent / "shared" / "data" / "trec" / "train.csv"
@@ -114,7 +116,7 @@ def main() -> None:
     path = resolve_model(None)
     tokenizer = load_tokenizer(path, None)
     model = load_model(path, None, device, "fp32")
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({cpu_name()})"
     print(f"device: {name}; corpus: {n} docs ({args.trec} TREC questions + {args.bbc} BBC articles, shuffled), "
           f"max_length {args.max_length}, "
           f"batch budget {args.batch_tokens} tokens")

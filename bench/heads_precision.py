@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from common import load  # noqa: E402  (sets sys.path)
+from common import cpu_name, load  # noqa: E402  (sets sys.path)
 from classify import LayerAttention, fit_many, sample_budget  # noqa: E402
 
 BUDGETS = (4, 8, 16, 32, 64)
@@ -42,7 +42,7 @@ def main() -> None:
         seconds[precision]["grid"] = time.perf_counter() - start
         for (k, _, _), head in zip(cells, heads):
             accuracy[precision][k].append(head.score(Xt, yt))
-    print(f"TREC-6, layer-attention on {args.device}; accuracy (%) mean over seeds")
+    print(f"TREC-6, layer-attention on {args.device} (CPU: {cpu_name()}); accuracy (%) mean over seeds")
     for part, label in (("all", f"all the data, {args.seeds_all} seeds"), ("grid", "4..64/class x 10 seeds")):
         t32, t16 = seconds["fp32"][part], seconds["bf16"][part]
         print(f"{label:<26} fp32 {t32:6.1f} s   bf16 {t16:6.1f} s   x{t32 / t16:4.2f}")

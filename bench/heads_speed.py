@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from common import load  # noqa: E402  (sets sys.path)
+from common import cpu_name, load  # noqa: E402  (sets sys.path)
 from classify import LastLayerLogReg, LayerAttention, ScalarMix, fit_many, sample_budget  # noqa: E402
 from classify.priors import clear_cv_memo  # noqa: E402
 
@@ -40,7 +40,8 @@ def main() -> None:
     X, y, Xt, yt = load("trec")
     cells = [(k, s, sample_budget(y, per_class=k, random_state=s)) for k in BUDGETS for s in SEEDS]
     print(f"TREC-6 train {X.shape}, test {Xt.shape}; {len(cells)} cells x {len(HEADS)} heads = "
-          f"{len(cells) * len(HEADS)} fits; vectorised heads on {device}, normalize={args.normalize}")
+          f"{len(cells) * len(HEADS)} fits; vectorised heads on {device}, normalize={args.normalize}; "
+          f"CPU: {cpu_name()}")
     if device != "cpu":  # CUDA context and kernels load on the first fit: not part of either timing
         fit_many(LayerAttention(device=device, epochs_without_validation=2), X, y, [cells[0][2]])
     # each way computes its own checks, which the heads then share (cv_logliks remembers them), as in a sweep
