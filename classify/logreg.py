@@ -48,9 +48,9 @@ def _logits(Z: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
 
 
 def _weights_gradient(Z: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
-    """Z (G, n, H), R (G, F, n, C) -> (G, F, H, C) every problem's Zᵀ R, computed as (Rᵀ Z)ᵀ (see matmul.py)."""
+    """Z (G, n, H), R (G, F, n, C) -> (G, F, H, C) every problem's Zᵀ R, one narrow product per group over Z."""
     G, F, n, C = R.shape
-    return torch.bmm(R.transpose(1, 2).reshape(G, n, F * C).mT, Z).unflatten(1, (F, C)).mT
+    return times_narrow(Z.mT, R.transpose(1, 2).reshape(G, n, F * C)).unflatten(-1, (F, C)).transpose(1, 2)
 
 
 def fit_logregs(Z: torch.Tensor, codes: torch.Tensor, w: torch.Tensor, n_classes: int, C: float = 1.0,
