@@ -8,7 +8,7 @@ so one matrix product per group serves every fold. Solved by L-BFGS (10 pairs, a
 search per problem) in float32 until every problem's gradient is below `tol` in every coordinate, scikit-learn's
 stopping rule (scipy's pgtol = 1e-4). Compared with scikit-learn on 4-64 labels per class of five datasets, 10
 seeds each (bench/cv_check.py, README): the same normalize="cv" decisions, log-likelihoods within 4e-3 nats per
-row; 1.2-5x faster on 2 CPU cores (the least where sets are large and classes many), 8-51x on an H100.
+row; 1.3-8x faster on 2 CPU cores (the least where sets are large and classes many), 8-51x on an H100.
 """
 from __future__ import annotations
 
