@@ -46,12 +46,26 @@ class ScalarMixStack(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, dropout: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
         """x (S, n, L, H), fastest in layer_major layout -> logits (S, M, n, C)"""
+        if self.W.shape[1] > 1 and dropout == 0:  # several members: see _project_then_mix
+            return self._project_then_mix(x)
         S, n, L, H = x.shape
         mix = torch.matmul(self.w.softmax(-1), x.transpose(1, 2).reshape(S, L, n * H))  # (S, M, n*H)
         z = self.gamma[..., None, None] * mix.view(S, -1, n, H)  # (S, M, n, H)
         if dropout > 0:
             z = z * (torch.rand(z.shape, generator=generator, device=z.device) >= dropout) / (1 - dropout)
         return times_narrow(z, self.W) + self.b[:, :, None, :]  # (S, M, n, C)
+
+    def _project_then_mix(self, x: torch.Tensor) -> torch.Tensor:
+        """forward for several members, without dropout: (γ Σ_l a_l x_l) W = γ Σ_l a_l (x_l W), one product per
+        layer for every member's classifier, so x is read once per pass instead of mixed once per member (a
+        5-member stack of 4 sets × 384 rows, forward and backward: 18.6 → 6.4 ms). One member keeps the mix
+        first, which is as fast for large sets and faster for small ones. x (S, n, L, H) -> (S, M, n, C)"""
+        S, n, L, H = x.shape
+        M, C = self.W.shape[1], self.W.shape[-1]
+        w = self.W.permute(0, 2, 1, 3).reshape(S, 1, H, M * C).expand(-1, L, -1, -1)  # (S, L, H, M*C)
+        per_layer = times_narrow(x.transpose(1, 2), w).unflatten(-1, (M, C))  # (S, L, n, M, C)
+        a = self.gamma[..., None] * self.w.softmax(-1)  # (S, M, L)
+        return torch.einsum("slnmc,sml->smnc", per_layer, a) + self.b[:, :, None, :]
 
     def penalty(self) -> torch.Tensor:
         """(S, M) squared L2 norm of the classifier weights, plus the mixing weights held tightly."""

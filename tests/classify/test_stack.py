@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pytest
 import torch
 
 from classify.stack import (LayerAttentionStack, ScalarMixStack, TrainConfig, _ce, layer_major, train_stack,
@@ -36,8 +37,9 @@ def test_layer_attention_with_sets_and_members_matches_numpy_in_either_layout():
         np.testing.assert_allclose(m(xt).detach().numpy(), want, rtol=1e-5, atol=1e-5)
 
 
-def test_scalar_mix_with_sets_matches_numpy_in_either_layout():
-    S, M, n, L, H, C = 2, 2, 4, 3, 5, 3
+@pytest.mark.parametrize("M", [1, 2], ids=["one-member", "members"])  # mixing first, projecting first
+def test_scalar_mix_with_sets_matches_numpy_in_either_layout(M):
+    S, n, L, H, C = 2, 4, 3, 5, 3
     gen = torch.Generator().manual_seed(1)
     m = ScalarMixStack(S, M, L, H, C, gen)
     with torch.no_grad():
@@ -49,6 +51,23 @@ def test_scalar_mix_with_sets_matches_numpy_in_either_layout():
     want = np.einsum("smnh,smhc->smnc", z, W) + b[:, :, None, :]
     for xt in (torch.from_numpy(x), layer_major(torch.from_numpy(x))):
         np.testing.assert_allclose(m(xt).detach().numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_scalar_mix_members_project_then_mix_with_the_gradients_of_mixing_first():
+    S, M, n, L, H, C = 2, 3, 6, 4, 5, 3
+    gen = torch.Generator().manual_seed(2)
+    m = ScalarMixStack(S, M, L, H, C, gen)
+    with torch.no_grad():
+        m.w.normal_(generator=gen)
+        m.gamma.uniform_(0.5, 2.0, generator=gen)
+    x = layer_major(torch.randn(S, n, L, H, generator=gen))
+    target = torch.randn(S, M, n, C, generator=gen)
+    params = [m.w, m.gamma, m.W, m.b]
+    got = torch.autograd.grad((m(x) * target).sum(), params)
+    z = m.gamma[..., None, None] * torch.einsum("snlh,sml->smnh", x, m.w.softmax(-1))  # the mix, then W
+    want = torch.autograd.grad(((z @ m.W + m.b[:, :, None, :]) * target).sum(), params)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
 
 
 def test_minibatches_learn_and_train_a_set_in_a_stack_as_it_trains_alone():
