@@ -198,6 +198,7 @@ class _Training:
         device = x.device
         self.module, self.config = module, config
         self.x, self.y, self.w_train, self.w_val = layer_major(x), y, w_train, w_val
+        self.gathered: dict[tuple[int, ...], torch.Tensor] = {}  # minibatch buffers by shape (_gather)
         self.names = [name for name, _ in module.named_parameters(recurse=False)]  # a stack's are all its own
         self.buffers = dict(module.named_buffers(recurse=False))  # the full stack's, put back by finish()
         self.opt = torch.optim.Adam(module.parameters(), lr=config.lr)
@@ -217,8 +218,19 @@ class _Training:
             return [(self.x, self.y, self.w_train)]
         order = torch.randperm(n, generator=generator, device=self.x.device).split(size)
         layers_first = self.x.transpose(1, 2)  # (S, L, n, H), contiguous
-        return ((layers_first.index_select(2, rows).transpose(1, 2), self.y[:, rows], self.w_train[:, :, rows])
+        return ((self._gather(layers_first, rows).transpose(1, 2), self.y[:, rows], self.w_train[:, :, rows])
                 for rows in order)
+
+    def _gather(self, layers_first: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """layers_first (S, L, n, H)[:, :, rows], written into a buffer kept for minibatches of that size. A new
+        tensor for each would cost more than the copy: 4,096 rows of MiniLM's 7 × 384 features are 44 MB, above
+        glibc's largest mmap threshold (32 MB), so each is mapped afresh and faults in every page (a gather 20 ms
+        against 5 ms into the kept buffer). Safe to reuse: a minibatch's step, backward included, is over before
+        the next one is gathered."""
+        shape = (*layers_first.shape[:2], len(rows), layers_first.shape[-1])
+        if shape not in self.gathered:
+            self.gathered[shape] = layers_first.new_empty(shape)
+        return torch.index_select(layers_first, 2, rows, out=self.gathered[shape])
 
     def step(self, logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> None:
         """One Adam step on the weighted mean cross-entropy of logits (S, M, b, C) plus each head's L2 penalty."""
@@ -249,6 +261,7 @@ class _Training:
         """Shrink the stack to the sets `keep`: rows, weights, records, parameters, buffers, Adam's moments."""
         self.active, self.x, self.y, self.w_train, self.w_val, self.l2, self.best, self.since = (
             t[keep] for t in (self.active, self.x, self.y, self.w_train, self.w_val, self.l2, self.best, self.since))
+        self.gathered = {}  # sized for the sets that left
         group = self.opt.param_groups[0]["params"]
         for name in self.names:
             old = getattr(self.module, name)

@@ -91,6 +91,33 @@ def test_minibatches_learn_and_train_a_set_in_a_stack_as_it_trains_alone():
     torch.testing.assert_close(both.W.detach()[1:], trained(slice(1, 2)).W.detach(), rtol=1e-5, atol=1e-6)
 
 
+def test_minibatched_sets_that_stop_leave_the_stack_and_keep_training_as_alone():
+    # sets stop at different epochs, so the stack shrinks while its minibatch buffers are in use (_Training._gather)
+    n, L, H, C = 60, 3, 6, 3
+    rng = np.random.default_rng(8)
+    x = torch.from_numpy(rng.normal(size=(3, n, L, H)).astype(np.float32))
+    noisy = torch.from_numpy(rng.random((3, n)) < np.array([[0.0], [0.4], [0.7]]))  # noisier sets overfit sooner
+    y = torch.where(noisy, torch.from_numpy(rng.integers(0, C, (3, n))), x[:, :, 1, :C].argmax(-1))
+    w_val = (torch.arange(n) % 4 == 0).float().expand(3, 1, n)
+    config = TrainConfig(max_epochs=80, patience=4, batch_rows=16)  # 3 minibatches of 16 and one of 12
+
+    def trained(sets: slice) -> tuple[LayerAttentionStack, np.ndarray]:
+        S = len(range(3)[sets])
+        module = LayerAttentionStack(S, 1, L, H, C, torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            module.W.fill_(0.01)
+        epochs = train_stack(module, x[sets], y[sets], 1 - w_val[sets], w_val[sets], config,
+                             torch.Generator().manual_seed(7))
+        return module, epochs
+
+    stack, epochs = trained(slice(0, 3))
+    assert len(set(epochs.ravel())) == 3 and epochs.min() < config.max_epochs - config.patience - 1  # apart, early
+    for s in range(3):
+        alone, epoch = trained(slice(s, s + 1))
+        assert epoch[0, 0] == epochs[s, 0]
+        torch.testing.assert_close(stack.W.detach()[s:s + 1], alone.W.detach(), rtol=1e-5, atol=1e-6)
+
+
 def test_validating_from_the_next_training_forward_equals_validating_after_each_step():
     # full batches without dropout read each epoch's validation loss off the next epoch's forward pass;
     # the plain loop below steps, validates, and keeps each head's best parameters, as train_stack promises
