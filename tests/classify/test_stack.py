@@ -37,14 +37,19 @@ def test_layer_attention_with_sets_and_members_matches_numpy_in_either_layout():
         np.testing.assert_allclose(m(xt).detach().numpy(), want, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("M", [1, 2], ids=["one-member", "members"])  # mixing first, projecting first
-def test_scalar_mix_with_sets_matches_numpy_in_either_layout(M):
-    S, n, L, H, C = 2, 4, 3, 5, 3
-    gen = torch.Generator().manual_seed(1)
+def scalar_mix(S: int, M: int, L: int, H: int, C: int, gen: torch.Generator) -> ScalarMixStack:
+    """A stack whose mix is neither uniform nor unscaled."""
     m = ScalarMixStack(S, M, L, H, C, gen)
     with torch.no_grad():
         m.w.normal_(generator=gen)
         m.gamma.uniform_(0.5, 2.0, generator=gen)
+    return m
+
+
+@pytest.mark.parametrize("M", [1, 2], ids=["one-member", "members"])  # mixing first, projecting first
+def test_scalar_mix_with_sets_matches_numpy_in_either_layout(M):
+    S, n, L, H, C = 2, 4, 3, 5, 3
+    m = scalar_mix(S, M, L, H, C, torch.Generator().manual_seed(1))
     x = np.random.default_rng(4).normal(size=(S, n, L, H)).astype(np.float32)
     w, g, W, b = (t.detach().numpy() for t in (m.w, m.gamma, m.W, m.b))
     z = g[..., None, None] * np.einsum("snlh,sml->smnh", x, softmax(w))
@@ -56,10 +61,7 @@ def test_scalar_mix_with_sets_matches_numpy_in_either_layout(M):
 def test_scalar_mix_members_project_then_mix_with_the_gradients_of_mixing_first():
     S, M, n, L, H, C = 2, 3, 6, 4, 5, 3
     gen = torch.Generator().manual_seed(2)
-    m = ScalarMixStack(S, M, L, H, C, gen)
-    with torch.no_grad():
-        m.w.normal_(generator=gen)
-        m.gamma.uniform_(0.5, 2.0, generator=gen)
+    m = scalar_mix(S, M, L, H, C, gen)
     x = layer_major(torch.randn(S, n, L, H, generator=gen))
     target = torch.randn(S, M, n, C, generator=gen)
     params = [m.w, m.gamma, m.W, m.b]
