@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from classify.stack import (LayerAttentionStack, ScalarMixStack, TrainConfig, _ce, layer_major, train_stack,
-                            validation_loss)
+from classify.stack import (PROJECT_FIRST_COLUMNS, LayerAttentionStack, ScalarMixStack, TrainConfig, _ce, layer_major,
+                            train_stack, validation_loss)
 from tests.classify.test_heads import softmax
 
 
@@ -46,9 +46,10 @@ def scalar_mix(S: int, M: int, L: int, H: int, C: int, gen: torch.Generator) -> 
     return m
 
 
-@pytest.mark.parametrize("M", [1, 2], ids=["one-member", "members"])  # mixing first, projecting first
-def test_scalar_mix_with_sets_matches_numpy_in_either_layout(M):
-    S, n, L, H, C = 2, 4, 3, 5, 3
+@pytest.mark.parametrize("M, C", [(1, 3), (2, 3), (2, PROJECT_FIRST_COLUMNS // 2 + 1)],
+                         ids=["one-member", "members", "members-many-classes"])  # mix first, project first, mix first
+def test_scalar_mix_with_sets_matches_numpy_in_either_layout(M, C):
+    S, n, L, H = 2, 4, 3, 5
     m = scalar_mix(S, M, L, H, C, torch.Generator().manual_seed(1))
     x = np.random.default_rng(4).normal(size=(S, n, L, H)).astype(np.float32)
     w, g, W, b = (t.detach().numpy() for t in (m.w, m.gamma, m.W, m.b))
