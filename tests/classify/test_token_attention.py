@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+import classify.token_attention
 from classify import TokenLayerAttention
 from classify.token_attention import _ragged
 
@@ -22,3 +23,18 @@ def test_token_pooling_matches_numpy_on_ragged_documents():
         want = head.selector_(torch.from_numpy(np.stack(pooled).astype(np.float32))[None])[0, 0].numpy()
         got = head._forward(*_ragged(docs), len(docs)).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_pooling_in_chunks_of_tokens_gives_bitwise_the_same_logits_and_gradients(monkeypatch):
+    rng = np.random.default_rng(1)
+    docs = [rng.normal(size=(n, 3, 6)).astype(np.float32) for n in (5, 1, 7, 3, 4)]
+    head = TokenLayerAttention(epochs=2).fit(docs, ["a", "b", "a", "b", "a"])
+    head.query_ = torch.from_numpy(rng.normal(size=(3, 6)).astype(np.float32)).requires_grad_()
+
+    def logits_and_gradients(chunk: int) -> list[torch.Tensor]:
+        monkeypatch.setattr(classify.token_attention, "TOKEN_CHUNK", chunk)
+        out = head._forward(*_ragged(docs), len(docs))
+        return [out.detach(), *torch.autograd.grad(out.square().sum(), [head.query_, head.selector_.u])]
+
+    for whole, chunked in zip(logits_and_gradients(10_000), logits_and_gradients(4)):  # chunks split documents
+        assert torch.equal(whole, chunked)
