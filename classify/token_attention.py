@@ -18,9 +18,10 @@ from classify.persist import SaveLoadMixin
 from classify.stack import SELECTOR_L2, LayerAttentionStack
 
 
-# Tokens weighted and summed per step at a time. The whole batch's a_t·x_t (and its gradient) is ~36 MB for 256 TREC
-# questions: each step mapped such arrays afresh and faulted in every page. In chunks they stay small and reused, with
-# bitwise the same sums (index_add adds in token order either way): a 726-question fit 7.1 → 2.8 s (EPYC).
+# How many tokens' weighted states a_t·x_t are summed into their documents at once. The whole batch's (and its
+# gradient) is ~36 MB for 256 TREC questions: each step mapped such arrays afresh and faulted in every page. In
+# chunks they stay small and reused, with bitwise the same sums (index_add adds in token order either way): a
+# 726-question fit 7.1 → 2.8 s (EPYC).
 TOKEN_CHUNK = 1024
 
 
