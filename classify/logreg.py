@@ -28,12 +28,12 @@ SPLIT_CLASSES = 64
 # is vectorised along the rows: 66 µs against 1.2 ms over a last axis of 6 classes, for TREC-6's 70 × 4 × 96 rows.
 
 
-def _objective(theta: torch.Tensor, Z: torch.Tensor, codes: torch.Tensor, onehot: torch.Tensor, w: torch.Tensor,
-               absent: torch.Tensor, reg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _objective(theta: torch.Tensor, Z: torch.Tensor, codes: torch.Tensor, w: torch.Tensor, absent: torch.Tensor,
+               reg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Objective (G, F) and its gradient (G, F, C, H + 1) of every problem at theta (G, F, C, H + 1): the last
-    column of theta is the intercept. Z (G, n, H); codes (G, n) and onehot (G, C, n): each row's class; w (G, F, n)
-    training weights, each problem's summing to 1; absent (G, F, C) classes a problem never trains on, held at
-    probability 0; reg (G, F) = 1 / (C n) (twice that for two classes) per problem.
+    column of theta is the intercept. Z (G, n, H); codes (G, n) each row's class; w (G, F, n) training weights,
+    each problem's summing to 1; absent (G, F, C) classes a problem never trains on, held at probability 0;
+    reg (G, F) = 1 / (C n) (twice that for two classes) per problem.
 
     The (G, F, C, n) arrays are worked on in place, two new ones per call: with many classes each is several MB,
     and a fresh one is mapped and faulted in page by page (banking77 at 16/class: 3.7 ms an element-wise pass)."""
@@ -41,10 +41,12 @@ def _objective(theta: torch.Tensor, Z: torch.Tensor, codes: torch.Tensor, onehot
     logits = _logits(Z, W)  # (G, F, C, n), new
     logits += b[..., None]
     logp = logits.masked_fill_(absent[..., None], float("-inf")).log_softmax(-2)  # new
-    own = logp.gather(-2, codes[:, None, None, :].expand(-1, logp.shape[1], -1, -1))  # (G, F, 1, n)
+    target = codes[:, None, None, :].expand(-1, logp.shape[1], -1, -1)  # (G, F, 1, n) each row's class
+    own = logp.gather(-2, target)  # (G, F, 1, n)
     nll = -own[..., 0, :]  # (G, F, n): inf on rows of an absent class, ...
     value = torch.where(w > 0, w * nll, 0).sum(-1) + 0.5 * reg * (W * W).sum((-2, -1))  # ... which have no weight
-    residual = logp.exp_().sub_(onehot[:, None]).mul_(w[:, :, None, :])  # (G, F, C, n): (p - onehot) w, in logp
+    residual = logp.exp_().scatter_add_(-2, target, own.new_full(own.shape, -1.0))  # p - onehot, in logp
+    residual.mul_(w[:, :, None, :])  # (G, F, C, n)
     gW = _weights_gradient(Z, residual) + reg[..., None, None] * W
     return value, torch.cat([gW, residual.sum(-1)[..., None]], dim=-1)
 
@@ -80,8 +82,8 @@ def _fit(Z: torch.Tensor, codes: torch.Tensor, w: torch.Tensor, n_classes: int, 
     """fit_logregs, class-major: (G, F, C, H + 1)."""
     G, n, H = Z.shape
     F = w.shape[1]
-    onehot = torch.nn.functional.one_hot(codes, n_classes).to(Z.dtype).mT.contiguous()  # (G, C, n)
-    absent = torch.matmul((w > 0).to(Z.dtype), onehot.mT) == 0  # (G, F, C) classes a problem never sees
+    onehot = torch.nn.functional.one_hot(codes, n_classes).to(Z.dtype)  # (G, n, C)
+    absent = torch.matmul((w > 0).to(Z.dtype), onehot) == 0  # (G, F, C) classes a problem never sees
     rows = w.sum(-1)  # (G, F)
     # scikit-learn fits two classes with one coefficient vector w, which is W's columns ±w/2 at their optimum:
     # ||W||² = ||w||² / 2, so its penalty on W is twice the multinomial one
@@ -89,9 +91,9 @@ def _fit(Z: torch.Tensor, codes: torch.Tensor, w: torch.Tensor, n_classes: int, 
     reg = torch.where(binary, 2.0, 1.0) / (C * rows.clamp(min=1))
     w = w / rows.clamp(min=1)[..., None]
     theta = Z.new_zeros(G, F, n_classes, H + 1)
-    value, g = _objective(theta, Z, codes, onehot, w, absent, reg)
+    value, g = _objective(theta, Z, codes, w, absent, reg)
     # per group (dim 0): data, L-BFGS's correction pairs (newest at slot pairs % HISTORY) and state
-    st = {"Z": Z, "codes": codes, "onehot": onehot, "w": w, "absent": absent, "reg": reg, "theta": theta,
+    st = {"Z": Z, "codes": codes, "w": w, "absent": absent, "reg": reg, "theta": theta,
           "value": value, "g": g,
           "steps": Z.new_zeros(G, HISTORY, F, n_classes, H + 1), "rho": Z.new_zeros(G, HISTORY, F),
           "gamma": Z.new_ones(G, F), "stopped": rows == 0, "group": torch.arange(G, device=Z.device)}
@@ -127,7 +129,7 @@ def _fit(Z: torch.Tensor, codes: torch.Tensor, w: torch.Tensor, n_classes: int, 
         t = torch.ones_like(slope)
         for _ in range(20):  # backtrack each problem on its own until it decreases enough
             trial = theta + t[..., None, None] * direction
-            value, new_g = _objective(trial, st["Z"], st["codes"], st["onehot"], st["w"], st["absent"], st["reg"])
+            value, new_g = _objective(trial, st["Z"], st["codes"], st["w"], st["absent"], st["reg"])
             ok = (value <= st["value"] + ARMIJO * t * slope) | stopped
             if bool(ok.all()):
                 break

@@ -94,7 +94,7 @@ class TokenLayerAttention(SaveLoadMixin, ClassifierMixin, BaseEstimator):
         pooled = x.new_zeros(n, *x.shape[1:])  # (n, L, H): Σ_t a_t x_t per document, TOKEN_CHUNK tokens at a time
         for start in range(0, len(x), TOKEN_CHUNK):
             chunk = slice(start, start + TOKEN_CHUNK)
-            pooled = pooled.index_add(0, segment[chunk], x[chunk] * a[chunk, :, None])
+            pooled.index_add_(0, segment[chunk], x[chunk] * a[chunk, :, None])
         return self.selector_(pooled[None])[0, 0]  # (n, C)
 
     def fit(self, X: object, y: object) -> "TokenLayerAttention":
