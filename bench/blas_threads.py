@@ -17,7 +17,7 @@ from threadpoolctl import threadpool_limits
 
 from common import load
 
-from classify import sample_budget
+from finetext.classify import sample_budget
 
 
 def main() -> None:

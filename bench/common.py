@@ -39,7 +39,7 @@ def cpu_name() -> str:
 
 def build(name: str, max_length: int = 256) -> tuple[Path, Path | None]:
     """Extract (or reuse) the train and test caches of a dataset; BBC has one cache, split later."""
-    from extract import extract_corpus
+    from finetext.extract import extract_corpus
 
     CACHES.mkdir(parents=True, exist_ok=True)
     if name == "bbc":
@@ -64,7 +64,7 @@ def load(name: str, pooling: str = "mean") -> tuple[np.ndarray, np.ndarray, np.n
     """X_train, y_train, X_test, y_test as label strings; BBC split 80/20 stratified with a fixed seed."""
     from sklearn.model_selection import train_test_split
 
-    from extract import open_cache
+    from finetext.extract import open_cache
 
     train, test = build(name)
     with open_cache(train) as c:

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from common import load  # noqa: E402  (sets sys.path)
-from classify import sample_budget  # noqa: E402
-from classify.features import normalised  # noqa: E402
-from classify.priors import LAST_LAYER_GAP, cv_folds, cv_logliks  # noqa: E402
+from finetext.classify import sample_budget  # noqa: E402
+from finetext.classify.features import normalised  # noqa: E402
+from finetext.classify.priors import LAST_LAYER_GAP, cv_folds, cv_logliks  # noqa: E402
 
 
 def sklearn_loglik(Z: np.ndarray, codes: np.ndarray, seed: int) -> np.ndarray:
@@ -39,7 +39,7 @@ def sklearn_loglik(Z: np.ndarray, codes: np.ndarray, seed: int) -> np.ndarray:
 def features(name: str) -> tuple[np.ndarray, np.ndarray]:
     """Training features (mean pooling) and labels of a shared benchmark set, or of a cache file."""
     if name.endswith(".h5"):
-        from extract import open_cache
+        from finetext.extract import open_cache
 
         with open_cache(name) as cache:
             return cache.features("mean"), cache.label_strings()

@@ -17,8 +17,8 @@ import numpy as np
 
 from common import SHARED
 
-from classify import LastLayerLogReg
-from extract import extract_corpus, open_cache
+from finetext.classify import LastLayerLogReg
+from finetext.extract import extract_corpus, open_cache
 
 
 def features(corpus: str, out: Path, device: str, dtype: str) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from extract_speed import mixed_corpus
 
-import extract.run as run  # noqa: E402  (extract_speed put the repository on sys.path)
+import finetext.extract.run as run  # noqa: E402  (extract_speed put the repository on sys.path)
 
 
 def main() -> None:

@@ -30,11 +30,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from extract import extract_corpus  # noqa: E402
-from extract.batching import token_budget_batches  # noqa: E402
-from extract.corpus import CorpusSpec, iter_records  # noqa: E402
-from extract.encoder import load_model, load_tokenizer, resolve_device, resolve_model  # noqa: E402
-from extract.pooling import pool  # noqa: E402
+from finetext.extract import extract_corpus  # noqa: E402
+from finetext.extract.batching import token_budget_batches  # noqa: E402
+from finetext.extract.corpus import CorpusSpec, iter_records  # noqa: E402
+from finetext.extract.encoder import load_model, load_tokenizer, resolve_device, resolve_model  # noqa: E402
+from finetext.extract.pooling import pool  # noqa: E402
 
 from common import cpu_name  # noqa: E402  (bench/ is the script's folder)
 

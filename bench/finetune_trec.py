@@ -23,12 +23,12 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from common import ROOT, SHARED, load
 
-from classify import LastLayerLogReg, LayerAttention, ScalarMix, sample_budget
-from extract import CorpusSpec
-from pipeline.compare import compare_runs
-from pipeline.finetune import Task, finetune, read_corpus
-from pipeline.multitask import parse_task, run_multitask
-from pipeline.settings import FinetuneSettings
+from finetext.classify import LastLayerLogReg, LayerAttention, ScalarMix, sample_budget
+from finetext.extract import CorpusSpec
+from finetext.pipeline.compare import compare_runs
+from finetext.pipeline.finetune import Task, finetune, read_corpus
+from finetext.pipeline.multitask import parse_task, run_multitask
+from finetext.pipeline.settings import FinetuneSettings
 
 OUT = ROOT / "runs" / "bench" / "finetune"
 

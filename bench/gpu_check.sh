@@ -32,9 +32,9 @@ step() {  # step NAME SECONDS COMMAND...: run one check under a time limit, log 
 step env 60 $PY -c "import torch, transformers; print('torch', torch.__version__, '| transformers', \
 transformers.__version__, '|', torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
 FT=$(mktemp -d)/ft
-step cli-smoke 90 bash -c "$PY -m pipeline.cli finetune trec --budget 16 --epochs 1 --min-steps 20 --device $DEV \
-  --quiet -o $FT && $PY -m pipeline.cli predict --head $FT --device $DEV --text 'Who wrote Hamlet?' \
-  --text 'How far is the Moon?' && $PY -m pipeline.cli evaluate --head $FT --input trec --split test --device $DEV"
+step cli-smoke 90 bash -c "$PY -m finetext finetune trec --budget 16 --epochs 1 --min-steps 20 --device $DEV \
+  --quiet -o $FT && $PY -m finetext predict --head $FT --device $DEV --text 'Who wrote Hamlet?' \
+  --text 'How far is the Moon?' && $PY -m finetext evaluate --head $FT --input trec --split test --device $DEV"
 step parity 60 $PY bench/device_parity.py --device $DEV
 step heads-speed 180 $PY bench/heads_speed.py --device $DEV
 step cv-check 120 $PY bench/cv_check.py trec bbc --device $DEV

@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from common import cpu_name, load  # noqa: E402  (sets sys.path)
-from classify import LayerAttention, fit_many, sample_budget  # noqa: E402
+from finetext.classify import LayerAttention, fit_many, sample_budget  # noqa: E402
 
 BUDGETS = (4, 8, 16, 32, 64)
 

@@ -18,8 +18,8 @@ import time
 import numpy as np
 
 from common import cpu_name, load  # noqa: E402  (sets sys.path)
-from classify import LastLayerLogReg, LayerAttention, ScalarMix, fit_many, sample_budget  # noqa: E402
-from classify.priors import clear_cv_memo  # noqa: E402
+from finetext.classify import LastLayerLogReg, LayerAttention, ScalarMix, fit_many, sample_budget  # noqa: E402
+from finetext.classify.priors import clear_cv_memo  # noqa: E402
 
 BUDGETS = (4, 8, 16, 32, 64)
 SEEDS = range(10)

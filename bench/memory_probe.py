@@ -21,7 +21,7 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.cli import main  # noqa: E402
+from finetext.pipeline.cli import main  # noqa: E402
 
 
 class _MallInfo2(ctypes.Structure):

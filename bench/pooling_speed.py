@@ -16,9 +16,9 @@ import torch
 
 from extract_speed import mixed_corpus
 
-import extract.run as run
-from extract import extract_corpus
-from extract.pooling import pool
+import finetext.extract.run as run
+from finetext.extract import extract_corpus
+from finetext.extract.pooling import pool
 
 
 def stacked_einsum_mean(hidden, mask: torch.Tensor, method: str) -> torch.Tensor:

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 
 from common import SHARED  # noqa: E402  (sets sys.path)
-from classify import LayerAttention, fit_many, sample_budget  # noqa: E402
-from extract import extract_corpus, open_cache  # noqa: E402
-from extract.corpus import Record  # noqa: E402
-from extract.encoder import describe_model, load_model, resolve_model  # noqa: E402
-from extract.run import BlockEncoder, ExtractSettings  # noqa: E402
+from finetext.classify import LayerAttention, fit_many, sample_budget  # noqa: E402
+from finetext.extract import extract_corpus, open_cache  # noqa: E402
+from finetext.extract.corpus import Record  # noqa: E402
+from finetext.extract.encoder import describe_model, load_model, resolve_model  # noqa: E402
+from finetext.extract.run import BlockEncoder, ExtractSettings  # noqa: E402
 
 BUDGETS = (4, 8, 16, 32, 64)
 SEEDS = range(10)

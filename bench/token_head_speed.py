@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from common import CACHES, SHARED  # noqa: E402  (sets sys.path)
-from classify import TokenLayerAttention, sample_budget  # noqa: E402
-from extract import extract_corpus, open_cache  # noqa: E402
+from finetext.classify import TokenLayerAttention, sample_budget  # noqa: E402
+from finetext.extract import extract_corpus, open_cache  # noqa: E402
 
 
 class PaddedTokenLayerAttention(TokenLayerAttention):

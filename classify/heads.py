@@ -52,13 +52,13 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from classify.budget import stratified_folds
-from classify.features import (NORMALIZATIONS, check_features, check_known_labels, check_labels,
+from finetext.classify.budget import stratified_folds
+from finetext.classify.features import (NORMALIZATIONS, check_features, check_known_labels, check_labels,
                                normalization_stats, prepare, unit_length)
-from classify.kernel import MAP_KEYS, apply_map, rbf_map
-from classify.persist import SaveLoadMixin
-from classify.priors import LAST_LAYER_PRIOR, cv_folds, cv_logliks, cv_prior, last_layer_loses, probe_prior
-from classify.stack import (LayerAttentionStack, ScalarMixStack, TrainConfig, layer_major, train_stack,
+from finetext.classify.kernel import MAP_KEYS, apply_map, rbf_map
+from finetext.classify.persist import SaveLoadMixin
+from finetext.classify.priors import LAST_LAYER_PRIOR, cv_folds, cv_logliks, cv_prior, last_layer_loses, probe_prior
+from finetext.classify.stack import (LayerAttentionStack, ScalarMixStack, TrainConfig, layer_major, train_stack,
                             validation_loss)
 
 MAX_STACK_BYTES = 16 << 20  # features per stack: measured fastest on CPU (cache-sized; 1 GiB stacks ran 1.8x slower)

@@ -9,8 +9,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 
-from classify.features import check_features, check_known_labels, check_labels
-from classify.persist import SaveLoadMixin
+from finetext.classify.features import check_features, check_known_labels, check_labels
+from finetext.classify.persist import SaveLoadMixin
 
 
 class LastLayerLogReg(SaveLoadMixin, ClassifierMixin, BaseEstimator):

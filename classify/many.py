@@ -6,8 +6,8 @@ from typing import Sequence
 import numpy as np
 from sklearn.base import clone
 
-from classify.features import check_features
-from classify.heads import _StackHead
+from finetext.classify.features import check_features
+from finetext.classify.heads import _StackHead
 
 
 def fit_many(head: object, X: object, y: object, row_sets: Sequence[np.ndarray],

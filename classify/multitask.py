@@ -12,10 +12,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from classify.features import check_features, layer_stats
-from classify.heads import LayerAttention
-from classify.priors import probe_prior
-from classify.stack import LayerAttentionStack
+from finetext.classify.features import check_features, layer_stats
+from finetext.classify.heads import LayerAttention
+from finetext.classify.priors import probe_prior
+from finetext.classify.stack import LayerAttentionStack
 
 SHARED = ("u", "w")  # the selector's parameters
 

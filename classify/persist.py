@@ -18,9 +18,9 @@ VERSION = 1
 
 
 def _registry() -> dict[str, type]:
-    from classify.heads import LayerAttention, ScalarMix
-    from classify.last_layer import LastLayerLogReg
-    from classify.token_attention import TokenLayerAttention
+    from finetext.classify.heads import LayerAttention, ScalarMix
+    from finetext.classify.last_layer import LastLayerLogReg
+    from finetext.classify.token_attention import TokenLayerAttention
 
     return {cls.__name__: cls for cls in (LastLayerLogReg, ScalarMix, LayerAttention, TokenLayerAttention)}
 

@@ -24,7 +24,7 @@ import scipy.sparse as sp
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from classify.features import check_features
+from finetext.classify.features import check_features
 
 CHUNK_ROWS = 4096  # rows per step of the covariance and the transform: bounded temporaries on any pool
 
@@ -38,7 +38,7 @@ def prior_helps(X: np.ndarray, Z: np.ndarray, y: np.ndarray, row_sets: Sequence[
     on SST-2 in about 2 sets of 3, and on TREC-50 and banking77 from 16 per class never, where the prior costs
     1-2.5 points; it misses banking77 at 4 per class (the prior's held-out log-likelihood is higher, its accuracy
     lower)."""
-    from classify.priors import cv_logliks
+    from finetext.classify.priors import cv_logliks
 
     pair = np.stack([X[:, layer], Z[:, layer]], axis=1)  # (n, 2, H)
     codes = np.unique(np.asarray(y), return_inverse=True)[1]

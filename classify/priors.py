@@ -14,8 +14,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from classify.features import layer_stats, normalised
-from classify.logreg import HISTORY, SPLIT_CLASSES, cross_validated
+from finetext.classify.features import layer_stats, normalised
+from finetext.classify.logreg import HISTORY, SPLIT_CLASSES, cross_validated
 
 LAST_LAYER_PRIOR = 4.0  # prior score of the last layer in the last-layer-heavy candidate: α_last ≈ 0.9 of 7
 PROBE_PRIOR = 2.0  # prior score of the worst single layer under layer_prior="probe" (the best gets 0)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from classify.matmul import times_narrow
+from finetext.classify.matmul import times_narrow
 
 
 # The layer selector (mix weights, attention) is held 100x more tightly than the classifier. Measured on

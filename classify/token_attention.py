@@ -12,10 +12,10 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
-from classify.features import check_features, check_known_labels, check_labels
-from classify.matmul import times_narrow
-from classify.persist import SaveLoadMixin
-from classify.stack import SELECTOR_L2, LayerAttentionStack
+from finetext.classify.features import check_features, check_known_labels, check_labels
+from finetext.classify.matmul import times_narrow
+from finetext.classify.persist import SaveLoadMixin
+from finetext.classify.stack import SELECTOR_L2, LayerAttentionStack
 
 
 # How many tokens' weighted states a_t·x_t are summed into their documents at once. The whole batch's (and its

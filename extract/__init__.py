@@ -22,17 +22,17 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from extract.cache import POOLINGS, Cache, describe_cache, open_cache, verify_cache
-    from extract.corpus import CorpusSpec, iter_records, scan
-    from extract.errors import CacheFormatError, CacheMismatchError, InputError
-    from extract.pooling import pool
-    from extract.run import ExtractResult, ExtractSettings, extract_corpus
+    from finetext.extract.cache import POOLINGS, Cache, describe_cache, open_cache, verify_cache
+    from finetext.extract.corpus import CorpusSpec, iter_records, scan
+    from finetext.extract.errors import CacheFormatError, CacheMismatchError, InputError
+    from finetext.extract.pooling import pool
+    from finetext.extract.run import ExtractResult, ExtractSettings, extract_corpus
 
 
 def __getattr__(name: str) -> Any:
     if name not in _MODULES:
-        raise AttributeError(f"module 'extract' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"extract.{_MODULES[name]}"), name)
+        raise AttributeError(f"module 'finetext.extract' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"finetext.extract.{_MODULES[name]}"), name)
     globals()[name] = value  # later lookups skip this function
     return value
 

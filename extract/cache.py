@@ -17,7 +17,7 @@ from typing import Any, Iterable, Sequence
 import h5py
 import numpy as np
 
-from extract.errors import CacheFormatError, InputError
+from finetext.extract.errors import CacheFormatError, InputError
 
 FORMAT = "finetext-cache"
 SCHEMA_VERSION = 1

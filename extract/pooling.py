@@ -5,7 +5,7 @@ from typing import Sequence
 
 import torch
 
-from extract.cache import POOLINGS
+from finetext.extract.cache import POOLINGS
 
 
 def first_real(mask: torch.Tensor) -> torch.Tensor:

@@ -15,13 +15,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from extract.batching import pad_right, token_budget_batches
-from extract.cache import FORMAT, POOLINGS, SCHEMA_VERSION, ShardStore, partial_dir, read_attrs, write_cache
-from extract.corpus import CorpusSpec, CorpusSummary, Record, iter_records, scan
-from extract.encoder import COMPUTE_DTYPES, ModelInfo, describe_model, load_model, resolve_device, resolve_model
-from extract.errors import CacheMismatchError, InputError
-from extract.pooling import pool
-from extract.tokens import tokenize
+from finetext.extract.batching import pad_right, token_budget_batches
+from finetext.extract.cache import FORMAT, POOLINGS, SCHEMA_VERSION, ShardStore, partial_dir, read_attrs, write_cache
+from finetext.extract.corpus import CorpusSpec, CorpusSummary, Record, iter_records, scan
+from finetext.extract.encoder import COMPUTE_DTYPES, ModelInfo, describe_model, load_model, resolve_device, resolve_model
+from finetext.extract.errors import CacheMismatchError, InputError
+from finetext.extract.pooling import pool
+from finetext.extract.tokens import tokenize
 
 STORAGE_DTYPES = ("float16", "float32")
 

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from extract.corpus import Record
+from finetext.extract.corpus import Record
 
 CHARS_PER_TOKEN_CAP = 32  # texts are cut to max_length * 32 characters before tokenising: bounded memory
 # A fast tokenizer first sees a tighter cut (English runs at ~4.5 characters per token); a document is tokenised

@@ -6,9 +6,9 @@ import json
 import sys
 from typing import Callable, Sequence
 
-from extract.cache import POOLINGS
-from extract.errors import CacheFormatError, CacheMismatchError, InputError
-from pipeline.settings import CACHED_HEADS, FINETUNE_HEADS, PRECISIONS, FinetuneSettings
+from finetext.extract.cache import POOLINGS
+from finetext.extract.errors import CacheFormatError, CacheMismatchError, InputError
+from finetext.pipeline.settings import CACHED_HEADS, FINETUNE_HEADS, PRECISIONS, FinetuneSettings
 
 HEAD_DEVICE_HELP = ("where scalar-mix and layer-attention train: cpu (default), cuda, cuda:N, mps or auto; "
                     "a GPU gives the same heads up to rounding")
@@ -78,8 +78,8 @@ def _extract(args: argparse.Namespace) -> int:
     from dataclasses import asdict
     from pathlib import Path
 
-    from extract import extract_corpus
-    from pipeline.registry import registry
+    from finetext.extract import extract_corpus
+    from finetext.pipeline.registry import registry
 
     if args.split and not (args.input in registry() and not Path(args.input).exists()):
         raise InputError(f"--split applies to registered datasets ({', '.join(registry())}), not {args.input!r}.")
@@ -94,21 +94,21 @@ def _extract(args: argparse.Namespace) -> int:
     rate = result.n_docs / result.seconds if result.seconds else float("inf")
     print(f"{result.path}: {result.status}, {result.n_docs} documents in {result.seconds:.1f} s ({rate:.0f} docs/s)")
     if args.info:
-        from extract import describe_cache
+        from finetext.extract import describe_cache
 
         print(describe_cache(result.path))
     return 0
 
 
 def _info(args: argparse.Namespace) -> int:
-    from extract import describe_cache
+    from finetext.extract import describe_cache
 
     print(describe_cache(args.cache))
     return 0
 
 
 def _datasets(args: argparse.Namespace) -> int:
-    from pipeline.registry import data_dir, describe, registry, resolve
+    from finetext.pipeline.registry import data_dir, describe, registry, resolve
 
     for name in args.fetch:
         if name not in registry():
@@ -121,7 +121,7 @@ def _datasets(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from extract import verify_cache
+    from finetext.extract import verify_cache
 
     for line in verify_cache(args.cache):
         print(f"{args.cache}: {line}")
@@ -129,8 +129,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from pipeline.report import labels_needed, summarize, summary_table
-    from pipeline.sweep import HEADS, SweepConfig, head_params, read_cells, run_sweep
+    from finetext.pipeline.report import labels_needed, summarize, summary_table
+    from finetext.pipeline.sweep import HEADS, SweepConfig, head_params, read_cells, run_sweep
 
     if args.config:
         given = [f"--{k}" for k in head_params(list(HEADS), args.precision, args.kernel).get("layer-attention", {})]
@@ -161,8 +161,8 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from pipeline.sweep import AUTO_PRIOR_HEADS, HEADS, head_params
-    from pipeline.workflows import train_head
+    from finetext.pipeline.sweep import AUTO_PRIOR_HEADS, HEADS, head_params
+    from finetext.pipeline.workflows import train_head
 
     path = train_head(args.train, args.head, args.output, budget=args.budget, seed=args.seed,
                       pooling=args.pooling, layers=args.layers, device=args.device,
@@ -182,8 +182,8 @@ def _corpus_spec(args: argparse.Namespace, source: str, split: str | None = None
     """A CorpusSpec from the shared corpus options; a registered dataset name reads its mirror."""
     from pathlib import Path
 
-    from extract import CorpusSpec
-    from pipeline.registry import registry, resolve
+    from finetext.extract import CorpusSpec
+    from finetext.pipeline.registry import registry, resolve
 
     columns = {"text_column": args.text_column, "label_column": args.label_column}
     if source in registry() and not Path(source).exists():
@@ -197,7 +197,7 @@ def _corpus_spec(args: argparse.Namespace, source: str, split: str | None = None
 def _evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from pipeline.workflows import evaluate_head
+    from finetext.pipeline.workflows import evaluate_head
 
     label_map = json.loads(open(args.label_map).read()) if args.label_map else None
     corpus = _corpus_spec(args, args.input, args.split or "test") if args.input else None
@@ -213,7 +213,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from pipeline.workflows import predict_texts
+    from finetext.pipeline.workflows import predict_texts
 
     rows = predict_texts(args.head, input=args.input, texts=args.text, output=args.output,
                          text_column=args.text_column, id_column=args.id_column,
@@ -248,8 +248,8 @@ def _print_tasks(metrics: dict, output: str) -> None:
 def _finetune(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pipeline.finetune import Task, finetune, read_corpus
-    from pipeline.registry import registry
+    from finetext.pipeline.finetune import Task, finetune, read_corpus
+    from finetext.pipeline.registry import registry
 
     registered = args.input in registry() and not Path(args.input).exists()
     train = read_corpus(_corpus_spec(args, args.input, args.split or "train"))
@@ -263,7 +263,7 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def _multitask(args: argparse.Namespace) -> int:
-    from pipeline.multitask import parse_task, run_multitask
+    from finetext.pipeline.multitask import parse_task, run_multitask
 
     tasks = [parse_task(t) for t in args.tasks]
     metrics = run_multitask(tasks, args.output, cached=args.cached, compare=not args.no_compare,
@@ -277,7 +277,7 @@ def _multitask(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from pipeline.compare import compare_runs
+    from finetext.pipeline.compare import compare_runs
 
     table, paths = compare_runs(args.runs, args.output, task=args.task)
     print(table)
@@ -316,9 +316,9 @@ def add_finetune_options(p: argparse.ArgumentParser) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from pipeline.report import labels_needed, summarize, summary_table
-    from pipeline.sweep import read_cells
-    from pipeline.workflows import run_demo
+    from finetext.pipeline.report import labels_needed, summarize, summary_table
+    from finetext.pipeline.sweep import read_cells
+    from finetext.pipeline.workflows import run_demo
 
     out = run_demo(args.output, seeds=args.seeds, progress=not args.quiet)
     print("\nBBC News, packaged all-MiniLM-L6-v2, test accuracy (%) mean ± 95% CI:\n")
@@ -348,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hidden states to keep at token level, e.g. 0,3,6 (default: all)")
     p.add_argument("--block-docs", type=int, default=None,
                    help="documents per resumable block (default 4096, 128 with --tokens)")
-    p.add_argument("--split", default=None, help="split of a registered dataset (data/registry.json), e.g. train")
+    p.add_argument("--split", default=None, help="split of a registered dataset (pipeline/registry.json), e.g. train")
     p.add_argument("--force", action="store_true", help="rebuild a cache made from another corpus or settings")
     p.add_argument("--info", action="store_true", help="print what the cache holds when done")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")

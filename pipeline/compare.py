@@ -14,15 +14,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from extract import InputError
-from pipeline.report import _budget_key, _publish, learning_curve_figure, plt, summarize, summary_table
+from finetext.extract import InputError
+from finetext.pipeline.report import _budget_key, _publish, learning_curve_figure, plt, summarize, summary_table
 
 COLUMNS = ("task", "head", "budget", "seed", "n_train", "accuracy", "macro_f1", "fit_seconds")
 
 
 def collect(runs: Sequence[str], task: str | None = None) -> list[dict[str, Any]]:
     """Cells of every run; with `task`, only that task's (runs that name none count as it)."""
-    from pipeline.sweep import read_cells
+    from finetext.pipeline.sweep import read_cells
 
     cells = []
     for run in runs:

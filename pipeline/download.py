@@ -1,6 +1,6 @@
 """Fetching a registered dataset once: download, check its sha256, convert to CSV, publish with os.replace.
 
-A split's `source` in data/registry.json names a published file (`url`, its `sha256` and `bytes`), the
+A split's `source` in pipeline/registry.json names a published file (`url`, its `sha256` and `bytes`), the
 `member` to read when it is an archive, and the `format` that turns it into finetext's CSV (header
 `text,label`, RFC 4180 quoting, UTF-8). Downloads land in `DATA/<name>/downloads/` and are checked before
 anything reads them; converted splits whose sha256 the registry records are checked too. Nothing is
@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 
 from tqdm.auto import tqdm
 
-from extract import InputError
+from finetext.extract import InputError
 
 TIMEOUT_S = 30
 

@@ -27,18 +27,18 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from classify import LastLayerLogReg, LayerAttention, ScalarMix
-from classify.budget import stratified_folds
-from classify.persist import replace_dir, staging_dir, write_head_files
-from classify.stack import LayerAttentionStack, ScalarMixStack
-from extract.batching import pad_right, token_budget_batches
-from extract.corpus import CorpusSpec, Record
-from extract.encoder import describe_model, load_model, resolve_device, resolve_model, weights_hash
-from extract.errors import InputError
-from extract.pooling import pool
-from extract.tokens import tokenize
-from pipeline.settings import FinetuneSettings
-from pipeline.sweep import budget_rows
+from finetext.classify import LastLayerLogReg, LayerAttention, ScalarMix
+from finetext.classify.budget import stratified_folds
+from finetext.classify.persist import replace_dir, staging_dir, write_head_files
+from finetext.classify.stack import LayerAttentionStack, ScalarMixStack
+from finetext.extract.batching import pad_right, token_budget_batches
+from finetext.extract.corpus import CorpusSpec, Record
+from finetext.extract.encoder import describe_model, load_model, resolve_device, resolve_model, weights_hash
+from finetext.extract.errors import InputError
+from finetext.extract.pooling import pool
+from finetext.extract.tokens import tokenize
+from finetext.pipeline.settings import FinetuneSettings
+from finetext.pipeline.sweep import budget_rows
 
 SELECTOR = ("w", "u", "gamma")  # the parameters a multi-task model shares across tasks (those a head has)
 
@@ -452,7 +452,7 @@ def save_finetuned(trained: Finetuned, tasks: Sequence[Task], output: str | os.P
 
 def read_corpus(spec: CorpusSpec) -> list[Record]:
     """Every record of a labelled corpus, validated first with extract's rules (file, row and field of any fault)."""
-    from extract import iter_records, scan
+    from finetext.extract import iter_records, scan
 
     if spec.label_column is None:
         raise InputError(f"{spec.source}: fine-tuning needs labels; give --label-column.")

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from extract import CorpusSpec, InputError, extract_corpus, open_cache
-from pipeline.finetune import Task, finetune, read_corpus
-from pipeline.settings import FinetuneSettings
-from pipeline.sweep import _publish_text, budget_rows
+from finetext.extract import CorpusSpec, InputError, extract_corpus, open_cache
+from finetext.pipeline.finetune import Task, finetune, read_corpus
+from finetext.pipeline.settings import FinetuneSettings
+from finetext.pipeline.sweep import _publish_text, budget_rows
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class TaskSource:
 
 def parse_task(text: str) -> TaskSource:
     """'trec' (a registered dataset: its train and test splits) or 'NAME=TRAIN,TEST'."""
-    from pipeline.registry import registry, resolve
+    from finetext.pipeline.registry import registry, resolve
 
     if "=" in text:
         name, _, files = text.partition("=")
@@ -107,9 +107,9 @@ def _row(task: str, method: str, accuracy: float, macro_f1: float, seconds: floa
 def _cached(tasks, out: Path, budget, model, settings: FinetuneSettings, compare: bool, progress: bool):
     from sklearn.metrics import accuracy_score, f1_score
 
-    from classify import LayerAttention
-    from classify.multitask import fit_shared_selector
-    from pipeline.workflows import feature_info
+    from finetext.classify import LayerAttention
+    from finetext.classify.multitask import fit_shared_selector
+    from finetext.pipeline.workflows import feature_info
 
     data, tests, metas = {}, {}, {}
     for t in tasks:

@@ -1,4 +1,4 @@
-"""Registered benchmark names (data/registry.json) resolved to local files, checked by sha256, downloaded once
+"""Registered benchmark names (pipeline/registry.json) resolved to local files, checked by sha256, downloaded once
 (pipeline/download.py) when no local copy exists and the machine has network."""
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from extract import InputError
-from pipeline.download import download_name, fetch, sha256_of
+from finetext.extract import InputError
+from finetext.pipeline.download import download_name, fetch, sha256_of
 
-REGISTRY = Path(__file__).resolve().parents[1] / "data" / "registry.json"
+REGISTRY = Path(__file__).resolve().parent / "registry.json"
 
 
 @lru_cache(maxsize=1)

@@ -17,7 +17,7 @@ from joblib import Parallel, delayed  # noqa: E402
 from scipy import stats  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from classify import LastLayerLogReg, sample_budget  # noqa: E402
+from finetext.classify import LastLayerLogReg, sample_budget  # noqa: E402
 
 COLUMNS = ("head", "budget", "seed", "n_train", "accuracy", "macro_f1", "fit_seconds", "rows")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from extract.cache import POOLINGS
-from extract.errors import InputError
+from finetext.extract.cache import POOLINGS
+from finetext.extract.errors import InputError
 
 CACHED_HEADS = ("last-layer", "scalar-mix", "layer-attention")  # what sweep and train fit on a cache: sweep.HEADS
 FINETUNE_HEADS = ("layer-attention", "scalar-mix", "last-layer")

@@ -20,10 +20,10 @@ from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
-from classify import LastLayerLogReg, LayerAttention, PoolPrior, ScalarMix, fit_many, sample_budget
-from classify.heads import training_device
-from classify.pool_prior import prior_helps
-from extract import InputError, open_cache
+from finetext.classify import LastLayerLogReg, LayerAttention, PoolPrior, ScalarMix, fit_many, sample_budget
+from finetext.classify.heads import training_device
+from finetext.classify.pool_prior import prior_helps
+from finetext.extract import InputError, open_cache
 
 HEADS = {"last-layer": LastLayerLogReg, "scalar-mix": ScalarMix, "layer-attention": LayerAttention}
 CELL_KEYS = ("head", "budget", "seed")
@@ -275,7 +275,7 @@ def run_sweep(config: SweepConfig, progress: bool = True, replace_other: bool = 
 
     replace_other: start over when the folder holds another sweep's results (else that is an error).
     """
-    from pipeline.report import write_report
+    from finetext.pipeline.report import write_report
 
     out = Path(config.output)
     out.mkdir(parents=True, exist_ok=True)

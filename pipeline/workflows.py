@@ -10,11 +10,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from classify import PoolPrior, check_feature_source, load_head, save_head
-from classify.pool_prior import prior_helps
-from classify.persist import load_arrays
-from extract import CorpusSpec, InputError, extract_corpus, iter_records, open_cache, scan
-from pipeline.sweep import (AUTO_PRIOR_HEADS, HEADS, SweepConfig, budget_rows, check_device, check_pool_prior,
+from finetext.classify import PoolPrior, check_feature_source, load_head, save_head
+from finetext.classify.pool_prior import prior_helps
+from finetext.classify.persist import load_arrays
+from finetext.extract import CorpusSpec, InputError, extract_corpus, iter_records, open_cache, scan
+from finetext.pipeline.sweep import (AUTO_PRIOR_HEADS, HEADS, SweepConfig, budget_rows, check_device, check_pool_prior,
                             make_head, prior_power, run_sweep)
 
 
@@ -152,8 +152,8 @@ def encode_like(info: dict[str, Any], records: list, device: str = "auto",
 
     A fine-tuned head names its own encoder folder (`encoder_dir`, relative to the head's folder).
     """
-    from extract.encoder import describe_model, load_model, resolve_device, resolve_model
-    from extract.run import BlockEncoder, ExtractSettings
+    from finetext.extract.encoder import describe_model, load_model, resolve_device, resolve_model
+    from finetext.extract.run import BlockEncoder, ExtractSettings
 
     model_id = info.get("model_id")
     revision = info.get("model_revision") or None
@@ -185,7 +185,7 @@ def predict_texts(head_dir: str, *, input: str | None = None, texts: Sequence[st
                   fallback_encoding: str | None = None, skip_bad_rows: bool = False,
                   device: str = "auto") -> list[dict[str, Any]]:
     """Run the head's encoder over new texts and apply the head; optionally write a CSV."""
-    from extract.corpus import Record
+    from finetext.extract.corpus import Record
 
     if (input is None) == (texts is None):
         raise InputError("predict: give exactly one of --input FILE or --text \"...\".")

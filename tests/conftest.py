@@ -24,7 +24,7 @@ LABELS = ["business", "sport", "tech", "politics", "entertainment"] * 2
 
 
 def packaged_model_dir() -> Path:
-    from extract.encoder import packaged_model_path
+    from finetext.extract.encoder import packaged_model_path
 
     path = packaged_model_path()
     if path is None:
@@ -88,7 +88,7 @@ def small_csv(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def bbc_slice(tmp_path_factory) -> Path:
     """The first 6 real BBC News articles of each class, as a per-label folder."""
-    from extract.corpus import InputError, bbc_folder
+    from finetext.extract.corpus import InputError, bbc_folder
 
     try:
         root = bbc_folder()

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from classify import sample_budget
+from finetext.classify import sample_budget
 
 
 def labels():

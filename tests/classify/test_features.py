@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from classify import LayerAttention
-from classify.features import normalization_stats, prepare
+from finetext.classify import LayerAttention
+from finetext.classify.features import normalization_stats, prepare
 from tests.classify.test_heads import toy
 
 

@@ -10,9 +10,9 @@ from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import Pipeline
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from classify import LastLayerLogReg, LayerAttention, ScalarMix, TokenLayerAttention, fit_many
-from classify.priors import cv_logliks, cv_prior
-from classify.stack import LayerAttentionStack, ScalarMixStack
+from finetext.classify import LastLayerLogReg, LayerAttention, ScalarMix, TokenLayerAttention, fit_many
+from finetext.classify.priors import cv_logliks, cv_prior
+from finetext.classify.stack import LayerAttentionStack, ScalarMixStack
 
 
 def toy(n=120, L=4, H=8, seed=0):
@@ -237,7 +237,7 @@ def test_normalize_cv_standardises_only_when_another_layer_beats_the_last():
 
 
 def test_cv_prior_reuses_the_checks_regressions_where_layer_normalisation_stays(monkeypatch):
-    import classify.priors as priors
+    import finetext.classify.priors as priors
 
     X, y = toy(n=200)
     X[:100, -1] = 2 * X[:100, 2]  # the first half's last layer carries the labels: "layer" stays

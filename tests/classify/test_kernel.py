@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from classify import LayerAttention, ScalarMix, fit_many, sample_budget
-from classify.features import unit_length
-from classify.kernel import apply_map, rbf_map
+from finetext.classify import LayerAttention, ScalarMix, fit_many, sample_budget
+from finetext.classify.features import unit_length
+from finetext.classify.kernel import apply_map, rbf_map
 from tests.classify.test_heads import toy
 
 

@@ -7,8 +7,8 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-import classify.logreg
-from classify.logreg import cross_validated, fit_logregs
+import finetext.classify.logreg
+from finetext.classify.logreg import cross_validated, fit_logregs
 
 
 def data(n: int = 30, H: int = 8, n_classes: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -46,7 +46,7 @@ def test_a_problem_without_training_rows_stays_at_zero():
 
 @pytest.mark.parametrize("split", [False, True], ids=["folds-as-weights", "folds-as-copies"])
 def test_cross_validated_log_likelihood_is_scikit_learns_out_of_fold_one(split, monkeypatch):
-    monkeypatch.setattr(classify.logreg, "SPLIT_CLASSES", 0 if split else 10**6)  # both ways of batching folds
+    monkeypatch.setattr(finetext.classify.logreg, "SPLIT_CLASSES", 0 if split else 10**6)  # both ways of batching folds
     groups = [data(seed=s) for s in range(2)] + [data(n_classes=2, seed=2)]
     folds = np.stack([np.repeat(np.arange(3), 10), np.arange(30) // 3 % 3, np.repeat(np.arange(2), 15)])
     folds[2, -4:] = -1  # padding rows: in no problem

@@ -9,7 +9,7 @@ import torch
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
-from classify import (LastLayerLogReg, LayerAttention, ScalarMix, TokenLayerAttention, check_feature_source,
+from finetext.classify import (LastLayerLogReg, LayerAttention, ScalarMix, TokenLayerAttention, check_feature_source,
                       fit_many, load_head, sample_budget)
 from tests.classify.test_heads import toy
 

@@ -1,6 +1,6 @@
 import torch
 
-from classify.matmul import times_narrow
+from finetext.classify.matmul import times_narrow
 
 
 def test_times_narrow_is_the_product_and_its_gradients():

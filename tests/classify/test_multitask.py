@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from classify import LayerAttention
-from classify.multitask import fit_shared_selector
+from finetext.classify import LayerAttention
+from finetext.classify.multitask import fit_shared_selector
 from tests.classify.test_heads import toy
 
 

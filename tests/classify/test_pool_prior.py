@@ -7,9 +7,9 @@ from scipy.linalg import sqrtm
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-import classify.pool_prior as pool_prior
-from classify import PoolPrior, sample_budget
-from classify.pool_prior import prior_helps
+import finetext.classify.pool_prior as pool_prior
+from finetext.classify import PoolPrior, sample_budget
+from finetext.classify.pool_prior import prior_helps
 
 
 def pool(n: int = 60, L: int = 2, H: int = 5, seed: int = 0) -> np.ndarray:

@@ -7,10 +7,10 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-import classify.logreg
-import classify.priors
-from classify.features import layer_stats, normalised
-from classify.priors import clear_cv_memo, cv_loglik, cv_logliks, cv_prior, last_layer_loses, probe_prior
+import finetext.classify.logreg
+import finetext.classify.priors
+from finetext.classify.features import layer_stats, normalised
+from finetext.classify.priors import clear_cv_memo, cv_loglik, cv_logliks, cv_prior, last_layer_loses, probe_prior
 from tests.classify.test_heads import toy
 
 
@@ -92,7 +92,7 @@ def test_cv_logliks_in_small_chunks_are_the_same(monkeypatch):
     X, codes, sets = mixed_sets()
     together = cv_logliks(X, codes, sets, range(6), "standard")
     clear_cv_memo()
-    monkeypatch.setattr(classify.priors, "CV_CHUNK_BYTES", 1)  # one set per chunk
+    monkeypatch.setattr(finetext.classify.priors, "CV_CHUNK_BYTES", 1)  # one set per chunk
     for a, b in zip(together, cv_logliks(X, codes, sets, range(6), "standard")):
         np.testing.assert_allclose(a, b, rtol=1e-4)
 
@@ -100,7 +100,7 @@ def test_cv_logliks_in_small_chunks_are_the_same(monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("split", [False, True], ids=["folds-as-weights", "folds-as-copies"])
 def test_cv_logliks_on_a_gpu_are_the_cpus_up_to_rounding(split, monkeypatch):
-    monkeypatch.setattr(classify.logreg, "SPLIT_CLASSES", 0 if split else 10**6)  # both ways of batching folds
+    monkeypatch.setattr(finetext.classify.logreg, "SPLIT_CLASSES", 0 if split else 10**6)  # both ways of batching folds
     X, codes, sets = mixed_sets()  # sets of several sizes: padded together on the GPU
     for cpu, gpu, rows in zip(cv_logliks(X, codes, sets, range(6), "layer"),  # two keys: the device type
                               cv_logliks(X, codes, sets, range(6), "layer", "cuda"), sets):
@@ -110,13 +110,13 @@ def test_cv_logliks_on_a_gpu_are_the_cpus_up_to_rounding(split, monkeypatch):
 
 def test_cv_logliks_remembers_sets_by_content(monkeypatch):
     X, codes, sets = mixed_sets()
-    runs, original = [], classify.priors.cross_validated
+    runs, original = [], finetext.classify.priors.cross_validated
 
     def counted(Z, *args, **kwargs):  # records each run's number of regressions
         runs.append(len(Z))
         return original(Z, *args, **kwargs)
 
-    monkeypatch.setattr(classify.priors, "cross_validated", counted)
+    monkeypatch.setattr(finetext.classify.priors, "cross_validated", counted)
     first = cv_logliks(X, codes, sets, range(6), "layer")
     computed = sum(runs)
     again = cv_logliks(X.copy(), codes, sets[::-1], range(5, -1, -1), "layer")[::-1]  # same content, new arrays
@@ -139,11 +139,11 @@ def test_cv_logliks_from_many_threads_at_once(monkeypatch):
     X, codes, sets = mixed_sets()
     alone = cv_logliks(X, codes, sets, range(6), "layer")
     clear_cv_memo()
-    monkeypatch.setattr(classify.priors, "CV_MEMO_SETS", 2)  # sets leave the memo while others look them up
+    monkeypatch.setattr(finetext.classify.priors, "CV_MEMO_SETS", 2)  # sets leave the memo while others look them up
     with ThreadPoolExecutor(4) as pool:
         runs = list(pool.map(lambda r: cv_logliks(X, codes, sets[r:] + sets[:r], [*range(6)][r:] + [*range(r)],
                                                   "layer"), [0, 1, 2, 3, 4, 5] * 2))
     for r, result in zip([0, 1, 2, 3, 4, 5] * 2, runs):
         for a, b in zip(alone[r:] + alone[:r], result):
             np.testing.assert_allclose(a, b, rtol=1e-4)
-    assert len(classify.priors._memo) <= 2
+    assert len(finetext.classify.priors._memo) <= 2

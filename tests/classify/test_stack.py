@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from classify.stack import (PROJECT_FIRST_COLUMNS, LayerAttentionStack, ScalarMixStack, TrainConfig, _ce, layer_major,
+from finetext.classify.stack import (PROJECT_FIRST_COLUMNS, LayerAttentionStack, ScalarMixStack, TrainConfig, _ce, layer_major,
                             train_stack, validation_loss)
 from tests.classify.test_heads import softmax
 

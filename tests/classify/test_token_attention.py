@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-import classify.token_attention
-from classify import TokenLayerAttention
-from classify.token_attention import _ragged
+import finetext.classify.token_attention
+from finetext.classify import TokenLayerAttention
+from finetext.classify.token_attention import _ragged
 
 
 def test_token_pooling_matches_numpy_on_ragged_documents():
@@ -32,7 +32,7 @@ def test_pooling_in_chunks_of_tokens_gives_bitwise_the_same_logits_and_gradients
     head.query_ = torch.from_numpy(rng.normal(size=(3, 6)).astype(np.float32)).requires_grad_()
 
     def logits_and_gradients(chunk: int) -> list[torch.Tensor]:
-        monkeypatch.setattr(classify.token_attention, "TOKEN_CHUNK", chunk)
+        monkeypatch.setattr(finetext.classify.token_attention, "TOKEN_CHUNK", chunk)
         out = head._forward(*_ragged(docs), len(docs))
         return [out.detach(), *torch.autograd.grad(out.square().sum(), [head.query_, head.selector_.u])]
 

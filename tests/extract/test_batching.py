@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from extract.batching import token_budget_batches
+from finetext.extract.batching import token_budget_batches
 
 
 def test_every_document_once_within_budget_longest_first():
@@ -27,7 +27,7 @@ def test_bad_budget_is_refused():
 
 
 def test_pad_right_pads_every_document_on_the_right():
-    from extract.batching import pad_right
+    from finetext.extract.batching import pad_right
 
     ids, types = [[5, 6, 7], [8], [9, 10]], [[0, 0, 1], [0], [0, 1]]
     batch = pad_right(ids, types, [2, 0], pad_id=0)

@@ -9,8 +9,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from extract import extract_corpus
-from extract.cache import POOLINGS, SCHEMA_VERSION
+from finetext.extract import extract_corpus
+from finetext.extract.cache import POOLINGS, SCHEMA_VERSION
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "cache-format.md"
 

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from extract.corpus import CorpusSpec, iter_records, scan
-from extract.errors import InputError
+from finetext.extract.corpus import CorpusSpec, iter_records, scan
+from finetext.extract.errors import InputError
 from tests.conftest import write_csv
 
 

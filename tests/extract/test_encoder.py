@@ -5,7 +5,7 @@ import hashlib
 import json
 import os
 
-from extract.encoder import weights_hash, weights_memo_path
+from finetext.extract.encoder import weights_hash, weights_memo_path
 
 
 def test_weights_hash_is_remembered_by_size_and_time(tmp_path, monkeypatch):

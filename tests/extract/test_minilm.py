@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from extract import extract_corpus, open_cache
-from extract.cache import partial_dir
+from finetext.extract import extract_corpus, open_cache
+from finetext.extract.cache import partial_dir
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +39,7 @@ def test_resume_after_sigkill_gives_identical_arrays(tmp_path, minilm, bbc_slice
     args = [str(bbc_slice), "--model", str(minilm), "--max-length", "256", "--block-docs", "3",
             "--device", "cpu", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same thread count in both runs: same arithmetic
-    cmd = [sys.executable, "-m", "pipeline.cli", "extract"]
+    cmd = [sys.executable, "-m", "finetext.pipeline.cli", "extract"]
     killed = tmp_path / "killed.h5"
     proc = subprocess.Popen(cmd + args + ["--output", str(killed)], env=env)
     parts = partial_dir(killed)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from extract.pooling import POOLINGS, pool
+from finetext.extract.pooling import POOLINGS, pool
 from tests.conftest import SENTENCES
 
 

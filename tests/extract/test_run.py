@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from extract import CacheFormatError, CacheMismatchError, InputError, extract_corpus, open_cache, verify_cache
-from extract.cache import ShardStore, partial_dir
+from finetext.extract import CacheFormatError, CacheMismatchError, InputError, extract_corpus, open_cache, verify_cache
+from finetext.extract.cache import ShardStore, partial_dir
 from tests.conftest import SENTENCES, write_csv
 
 

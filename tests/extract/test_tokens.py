@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from extract.corpus import Record
-from extract.tokens import CHARS_PER_TOKEN_CAP, _tokenize, tokenize
+from finetext.extract.corpus import Record
+from finetext.extract.tokens import CHARS_PER_TOKEN_CAP, _tokenize, tokenize
 
 
 def records(texts: list[str]) -> list[Record]:

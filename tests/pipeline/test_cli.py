@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import build_parser, main
+from finetext.pipeline.cli import build_parser, main
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -71,14 +71,14 @@ def test_the_parser_and_info_load_neither_torch_nor_scikit_learn(tmp_path, small
 
 
 def test_cached_head_names_are_the_sweeps():
-    from pipeline.settings import CACHED_HEADS
-    from pipeline.sweep import HEADS
+    from finetext.pipeline.settings import CACHED_HEADS
+    from finetext.pipeline.sweep import HEADS
 
     assert tuple(HEADS) == CACHED_HEADS
 
 
 def test_registered_names_resolve_to_the_verified_mirror(tmp_path, monkeypatch):
-    from pipeline.registry import registry, resolve
+    from finetext.pipeline.registry import registry, resolve
 
     assert {"imdb", "yelp_polarity", "yelp_full", "ag_news", "dbpedia14", "trec", "sst2", "banking77", "bbc"} <= set(registry())
     monkeypatch.setenv("FINETEXT_DATA", str(tmp_path))

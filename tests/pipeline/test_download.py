@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-import pipeline.registry as reg
-from extract import InputError
-from pipeline.download import FORMATS, fetch, sha256_of
+import finetext.pipeline.registry as reg
+from finetext.extract import InputError
+from finetext.pipeline.download import FORMATS, fetch, sha256_of
 from tests.conftest import shared_data
 
 
@@ -159,7 +159,7 @@ def test_every_registered_source_is_complete():
 
 
 def test_the_datasets_command_lists_every_split_and_fetches_by_name(tmp_path, monkeypatch, capsys):
-    from pipeline.cli import main
+    from finetext.pipeline.cli import main
 
     monkeypatch.setenv("FINETEXT_DATA", str(tmp_path))
     monkeypatch.setenv("FINETEXT_OFFLINE", "1")

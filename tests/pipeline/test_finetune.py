@@ -6,13 +6,13 @@ import json
 import numpy as np
 import pytest
 
-from extract import CorpusSpec, InputError
-from extract.corpus import Record
-from pipeline.cli import main
-from pipeline.finetune import Task, finetune, read_corpus, save_finetuned, train_finetune
-from pipeline.settings import FinetuneSettings
-from pipeline.multitask import TaskSource, run_multitask
-from pipeline.workflows import evaluate_head, predict_texts
+from finetext.extract import CorpusSpec, InputError
+from finetext.extract.corpus import Record
+from finetext.pipeline.cli import main
+from finetext.pipeline.finetune import Task, finetune, read_corpus, save_finetuned, train_finetune
+from finetext.pipeline.settings import FinetuneSettings
+from finetext.pipeline.multitask import TaskSource, run_multitask
+from finetext.pipeline.workflows import evaluate_head, predict_texts
 from tests.conftest import write_csv
 
 WORDS = {"sport": ["goal", "match", "cup", "striker", "league"], "money": ["shares", "profit", "bank", "market", "rates"],

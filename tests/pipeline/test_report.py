@@ -1,7 +1,7 @@
 """The sweep report's tables from summaries of cells."""
 from __future__ import annotations
 
-from pipeline.report import labels_needed, summarize, summary_table
+from finetext.pipeline.report import labels_needed, summarize, summary_table
 
 
 def cells(head: str, accuracies: dict[str, list[float]], per_budget_rows: dict[str, int]) -> list[dict]:

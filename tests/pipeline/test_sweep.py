@@ -15,14 +15,14 @@ import pytest
 import torch
 from threadpoolctl import threadpool_info
 
-from classify import LastLayerLogReg, PoolPrior, load_head
-from classify.pool_prior import prior_helps
-from extract import InputError, extract_corpus, open_cache
-from pipeline.cli import main
-from pipeline.compare import collect
-from pipeline.report import learning_curve_figure, summarize
-from pipeline.sweep import SweepConfig, budget_rows, load_data, read_cells, run_sweep
-from pipeline.workflows import evaluate_head, predict_texts
+from finetext.classify import LastLayerLogReg, PoolPrior, load_head
+from finetext.classify.pool_prior import prior_helps
+from finetext.extract import InputError, extract_corpus, open_cache
+from finetext.pipeline.cli import main
+from finetext.pipeline.compare import collect
+from finetext.pipeline.report import learning_curve_figure, summarize
+from finetext.pipeline.sweep import SweepConfig, budget_rows, load_data, read_cells, run_sweep
+from finetext.pipeline.workflows import evaluate_head, predict_texts
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def test_killed_sweep_resumes_without_duplicate_rows(tmp_path, bbc_cache):
     out = tmp_path / "killed"
     args = ["sweep", "--train", str(bbc_cache), "--output", str(out), "--budgets", "1,2,3",
             "--seeds", "4", "--test-fraction", "0.3", "--quiet"]
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args])
+    proc = subprocess.Popen([sys.executable, "-m", "finetext.pipeline.cli", *args])
     cells = out / "cells.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (cells.exists() and cells.read_text().count("\n") >= 1):
