@@ -63,7 +63,7 @@ def check_labels(y: object, n_docs: int, owner: str) -> tuple[np.ndarray, np.nda
     check_classification_targets(y)
     classes, codes = np.unique(y, return_inverse=True)
     if len(classes) < 2:
-        raise ValueError(f"y: only one class ({classes[0]!r}) in the training rows; a classifier needs at "
+        raise ValueError(f"y: only one class ({np.asarray(classes).tolist()[0]!r}) in the training rows; a classifier needs at "
                          "least two. Draw a budget that covers every class (sample_budget).")
     return classes, codes
 
@@ -125,7 +125,8 @@ def check_known_labels(classes: np.ndarray, y: object) -> np.ndarray:
     y = np.asarray(y)
     unseen = sorted(set(y.tolist()) - set(np.asarray(classes).tolist()), key=str)
     if unseen:
-        raise ValueError(f"y: labels {unseen[:5]} were not among the training classes {list(classes)[:10]}. "
+        raise ValueError(f"y: labels {unseen[:5]} were not among the training classes "
+                         f"{np.asarray(classes).tolist()[:10]}. "
                          "Map them to the training label names (e.g. a label mapping for out-of-domain "
                          "evaluation), or drop those rows.")
     return y

@@ -12,6 +12,8 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 from sklearn.utils.validation import check_is_fitted
 
+from finetext.classify.errors import HeadFormatError
+
 FORMAT = "finetext-head"
 DISPLAY_PARAMS = ("verbose",)  # how a fit shows its progress, not what it learned: never saved
 VERSION = 1
@@ -122,16 +124,29 @@ def save_head(head: Any, directory: str | os.PathLike, feature_info: dict[str, A
 
 
 def read_config(directory: str | os.PathLike) -> dict[str, Any]:
-    path = Path(directory) / "config.json"
+    """A saved head's config.json, checked to be one; every other folder or file is a HeadFormatError."""
+    directory = Path(directory)
+    wrote = "pass the folder that `finetext train`, `finetune` or head.save(dir) wrote (config.json + weights.safetensors)"
+    if not directory.is_dir():
+        what = "is a file, not a head folder" if directory.exists() else "does not exist"
+        raise HeadFormatError(f"{directory} {what}; {wrote}.")
+    path = directory / "config.json"
     try:
-        config = json.loads(path.read_text())
+        config = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file; a saved head is a folder with config.json and "
-                                "weights.safetensors (write one with head.save(dir) or `finetext train`).") from None
-    if config.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a finetext head (format={config.get('format')!r}).")
+        raise HeadFormatError(f"{directory} has no config.json, so it is not a saved head; {wrote}.") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HeadFormatError(f"{path}: not valid JSON ({exc}); {wrote}.") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        if isinstance(config, dict) and ("model_type" in config or "architectures" in config):
+            raise HeadFormatError(f"{directory} holds a transformers model, not a finetext head: extract features "
+                                  f"with `finetext extract --model {directory}` and train a head on them, or "
+                                  f"fine-tune it with `finetext finetune --model {directory}`.")
+        raise HeadFormatError(f"{path}: not a finetext head (format "
+                              f"{config.get('format') if isinstance(config, dict) else None!r}); {wrote}.")
     if config.get("version", 0) > VERSION:
-        raise ValueError(f"{path}: head format version {config['version']} is newer than this finetext reads.")
+        raise HeadFormatError(f"{path}: head format version {config['version']} is newer than this finetext "
+                              f"reads ({VERSION}); upgrade finetext.")
     return config
 
 
@@ -140,7 +155,7 @@ def load_head(directory: str | os.PathLike) -> Any:
     config = read_config(directory)
     registry = _registry()
     if config["class"] not in registry:
-        raise ValueError(f"{directory}: unknown head class {config['class']!r}; known: {', '.join(registry)}.")
+        raise HeadFormatError(f"{directory}: unknown head class {config['class']!r}; known: {', '.join(registry)}.")
     head = registry[config["class"]](**{k: _unparam(v) for k, v in config["params"].items()})
     arrays = load_file(str(Path(directory) / "weights.safetensors"))
     head._import(np.array(config["classes"]), config["n_layers"], config["hidden_size"], arrays, config)
@@ -152,21 +167,21 @@ def load_arrays(directory: str | os.PathLike, name: str) -> dict[str, np.ndarray
     """Arrays saved beside a head with save_head(..., extra_arrays={name: ...})."""
     path = Path(directory) / f"{name}.safetensors"
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file, but the head's config.json says its features need it. The "
+        raise HeadFormatError(f"{path}: no such file, but the head's config.json says its features need it. The "
                                 "folder is incomplete: train the head again (finetext train).")
     return load_file(str(path))
 
 
 def check_feature_source(feature_info: dict[str, Any], cache_meta: dict[str, Any], cache_name: str = "the cache") -> None:
     """Refuse features from another model than the head was trained on, naming both."""
-    keys = ["weights_sha256", "model_id", "n_layers", "hidden_size"]
+    keys = ["weights_sha256", "model_id", "n_layers", "hidden_size", "max_length", "compute_dtype"]
     if feature_info.get("weights_sha256") and feature_info.get("weights_sha256") == cache_meta.get("weights_sha256"):
         keys.remove("model_id")  # the same weights under another path (a fine-tuned encoder/ folder, say)
     for key in keys:
         mine, theirs = feature_info.get(key), cache_meta.get(key)
         if mine and theirs and mine != theirs:
-            raise ValueError(
+            raise HeadFormatError(
                 f"this head was trained on features with {key}={mine!r}; {cache_name} has {key}={theirs!r}. "
-                "Extract the texts with the head's model (finetext extract --model ...), or train a head on "
-                "this cache."
+                "Extract the texts with the head's model and settings (finetext extract --model, --max-length, "
+                "--dtype), or train a head on this cache."
             )

@@ -5,8 +5,9 @@ torch: `finetext --help` and `finetext info` start in a fraction of the time.
 """
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from finetext.lazy import lazy_names
 
 _MODULES = {  # public name -> the module of this package that defines it
     "Cache": "cache", "POOLINGS": "cache", "describe_cache": "cache", "open_cache": "cache", "verify_cache": "cache",
@@ -29,13 +30,4 @@ if TYPE_CHECKING:
     from finetext.extract.run import ExtractResult, ExtractSettings, extract_corpus
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _MODULES:
-        raise AttributeError(f"module 'finetext.extract' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"finetext.extract.{_MODULES[name]}"), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names('finetext.extract', _MODULES, globals())

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Sequence
 import h5py
 import numpy as np
 
-from finetext.extract.errors import CacheFormatError, InputError
+from finetext.extract.errors import CacheFormatError, CacheMismatchError, InputError
 
 FORMAT = "finetext-cache"
 SCHEMA_VERSION = 1
@@ -264,11 +264,16 @@ class Cache:
                  layers: Sequence[int] | None = None, dtype: np.dtype | type = np.float32) -> np.ndarray:
         """Pooled features (n_rows, n_layers, hidden), rows in the order asked (duplicates allowed)."""
         if pooling not in self.poolings:
-            raise KeyError(
+            raise CacheMismatchError(
                 f"{self.path}: no {pooling!r} pooling; this cache has {', '.join(self.poolings)}. "
-                f"Re-run extract with --pooling {pooling}."
+                f"Use --pooling {self.poolings[0]}, or re-run extract with --pooling {pooling}."
             )
-        out = _take(self._file["features"][pooling], rows)  # (rows, layers, hidden)
+        dset = self._file["features"][pooling]
+        n_layers = dset.shape[1]
+        if layers is not None and not all(-n_layers <= int(layer) < n_layers for layer in layers):
+            raise CacheMismatchError(f"{self.path}: layers {list(layers)} asked for; this cache has hidden states "
+                                     f"0 to {n_layers - 1}. Choose --layers among those.")
+        out = _take(dset, rows)  # (rows, layers, hidden)
         if layers is not None:
             out = out[:, list(layers)]
         return out.astype(dtype, copy=False)
@@ -281,7 +286,7 @@ class Cache:
                      dtype: np.dtype | type = np.float32) -> list[np.ndarray]:
         """Token-level states, one (n_tokens_i, n_token_layers, hidden) array per asked row."""
         if not self.has_tokens:
-            raise KeyError(f"{self.path}: no token-level states; re-run extract with --tokens.")
+            raise CacheMismatchError(f"{self.path}: no token-level states; re-run extract with --tokens.")
         offsets = self._file["tokens/offsets"][()]
         states = self._file["tokens/states"]
         rows = range(self.n_docs) if rows is None else rows

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -167,8 +167,10 @@ class BlockEncoder:
         return tokenize(self.tokenizer, block, self.max_length)
 
     @torch.inference_mode()
-    def encode(self, tokenized: tuple[list[list[int]], list[list[int]] | None, np.ndarray]) -> dict[str, np.ndarray]:
-        """Pooled features of one tokenised block, rows in the block's order."""
+    def encode(self, tokenized: tuple[list[list[int]], list[list[int]] | None, np.ndarray],
+               on_batch: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
+        """Pooled features of one tokenised block, rows in the block's order. on_batch(documents, tokens) is called
+        after each batch (a progress bar)."""
         ids, types, truncated = tokenized
         lengths = np.array([len(x) for x in ids])
         n = len(ids)
@@ -189,6 +191,8 @@ class BlockEncoder:
                 kept = torch.stack([hidden[k] for k in self.token_layers], 1).to(self.storage)
                 for row, i in enumerate(batch):
                     token_rows[i] = kept[row, :, :lengths[i]].transpose(0, 1).cpu().numpy()  # (tokens, kept, hidden)
+            if on_batch is not None:
+                on_batch(len(batch), int(lengths[batch].sum()))
         arrays = {f"pool_{name}": value for name, value in pooled.items()}
         arrays["n_tokens"] = lengths.astype(np.int32)
         arrays["truncated"] = truncated
@@ -235,6 +239,7 @@ def extract_corpus(
     settings = ExtractSettings(model, revision, tuple(poolings), max_length, device, compute_dtype, storage_dtype,
                                tokens, None if token_layers is None else tuple(token_layers), batch_tokens,
                                block_docs)
+    check_output_path(output)
     summary = scan(spec)  # validates every row before any model work
     info, tokenizer = describe_model(model, revision)
     length = _effective_max_length(settings, info)
@@ -260,9 +265,9 @@ def extract_corpus(
         with tqdm(total=summary.n_docs, initial=done_docs, unit="doc", disable=not progress,
                   desc=f"extract {Path(input).name}", dynamic_ncols=True) as bar, \
                 ThreadPoolExecutor(max_workers=1) as reader:
+            rate = _TokenRate(bar)
             for b, tokenized in _prefetched(todo, encoder.tokenize, reader):
-                shards.save(b, encoder.encode(tokenized))
-                bar.update(len(tokenized[0]))
+                shards.save(b, encoder.encode(tokenized, on_batch=rate))
 
     label_index = {name: i for i, name in enumerate(summary.label_names)}
     labels = np.array([label_index[x] if x is not None else -1 for x in summary.labels], dtype=np.int32)
@@ -270,6 +275,28 @@ def extract_corpus(
     write_cache(output, shards, n_blocks, attrs, summary.ids, labels, summary.label_names)
     shards.remove()
     return ExtractResult(output, "resumed" if resumed else "created", summary.n_docs, time.perf_counter() - start)
+
+
+class _TokenRate:
+    """Moves an extract progress bar by each batch's documents and shows the tokens per second."""
+
+    def __init__(self, bar: tqdm) -> None:
+        self.bar, self.tokens, self.start = bar, 0, time.perf_counter()
+
+    def __call__(self, docs: int, tokens: int) -> None:
+        self.tokens += tokens
+        self.bar.set_postfix_str(f"{self.tokens / max(time.perf_counter() - self.start, 1e-9):,.0f} tokens/s",
+                                 refresh=False)
+        self.bar.update(docs)
+
+
+def check_output_path(output: Path) -> None:
+    """Refuse an output that cannot be a cache file before any work: a folder, or a path under a file."""
+    if output.is_dir():
+        raise InputError(f"{output} is a folder; --output names the cache file to write, e.g. {output / 'cache.h5'}.")
+    parent = next((p for p in output.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise InputError(f"{output}: {parent} is a file, not a folder; choose an output path in a folder.")
 
 
 def _up_to_date(output: Path, fingerprints: dict[str, str], identity: dict[str, Any], force: bool) -> bool:

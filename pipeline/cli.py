@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
 from typing import Callable, Sequence
 
+from finetext.classify.errors import HeadFormatError
 from finetext.extract.cache import POOLINGS
 from finetext.extract.errors import CacheFormatError, CacheMismatchError, InputError
 from finetext.pipeline.settings import CACHED_HEADS, FINETUNE_HEADS, PRECISIONS, FinetuneSettings
@@ -202,7 +205,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     label_map = json.loads(open(args.label_map).read()) if args.label_map else None
     corpus = _corpus_spec(args, args.input, args.split or "test") if args.input else None
     result = evaluate_head(args.head, args.cache, corpus=corpus, label_map=label_map,
-                           output=args.output or args.head, device=args.device)
+                           output=args.output or args.head, device=args.device, normalize=args.normalize)
     print(f"accuracy {100 * result.accuracy:.2f}%  macro-F1 {100 * result.macro_f1:.2f}%  ({result.n_docs} documents)")
     width = max(len(label) for label in result.labels)
     print(" " * (width + 2) + " ".join(f"{label[:6]:>6}" for label in result.labels) + "   (rows: true, columns: predicted)")
@@ -406,6 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(no_labels=False)
     p.add_argument("--label-map", help="JSON file mapping the cache's label names to the head's")
     p.add_argument("--output", "-o", help="folder for metrics.json and confusion_matrix.png (default: the head's)")
+    p.add_argument("--normalize", action="store_true",
+                   help="confusion_matrix.png shows each row as percentages of its true class (default: counts)")
     p.set_defaults(handler=_evaluate)
 
     p = sub.add_parser("predict", help="classify new texts with a saved head (runs its encoder)")
@@ -475,12 +480,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+OS_FIXES = {  # errno -> what the user can do about it
+    errno.ENOSPC: "free space on that disk, or write elsewhere; a rerun resumes",
+    errno.EDQUOT: "free space within your quota, or write elsewhere; a rerun resumes",
+    errno.EROFS: "the filesystem is read-only: write the output elsewhere",
+    errno.EACCES: "you may not write or read there: fix the permissions, or choose another path",
+    errno.EPERM: "you may not write or read there: fix the permissions, or choose another path",
+    errno.ENOTDIR: "a file stands where a folder is needed: choose another path",
+    errno.EISDIR: "a folder stands where a file is needed: name a file inside it",
+    errno.ENOENT: "check the path",
+}
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an operating-system error: the path, what happened, the fix."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    fix = OS_FIXES.get(exc.errno or 0)
+    return f"{where}{exc.strerror or exc}" + (f"; {fix}." if fix else ".")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (InputError, CacheMismatchError, CacheFormatError, FileNotFoundError) as exc:  # the user's input
+    except (InputError, CacheMismatchError, CacheFormatError, HeadFormatError) as exc:  # the user's input
         print(f"finetext: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # the reader went away (`finetext info x.h5 | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as exc:  # a missing file, a full disk, a read-only folder: one line, not a traceback
+        message = str(exc) if exc.filename is None and exc.strerror is None else os_error_line(exc)
+        print(f"finetext: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("finetext: interrupted; run the same command again to resume.", file=sys.stderr)

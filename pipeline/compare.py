@@ -15,7 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from finetext.extract import InputError
-from finetext.pipeline.report import _budget_key, _publish, learning_curve_figure, plt, summarize, summary_table
+from finetext.pipeline.publish import publish
+from finetext.pipeline.report import budget_key, learning_curve_figure, plt, summarize, summary_table
 
 COLUMNS = ("task", "head", "budget", "seed", "n_train", "accuracy", "macro_f1", "fit_seconds")
 
@@ -60,7 +61,7 @@ def _plot_time(path: Path, summary: list[dict[str, Any]]) -> None:
     """Accuracy against training seconds (log x), one marker series per method, budgets labelled."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for head in dict.fromkeys(r["head"] for r in summary):
-        rows = sorted((r for r in summary if r["head"] == head), key=lambda r: _budget_key(r["budget"]))
+        rows = sorted((r for r in summary if r["head"] == head), key=lambda r: budget_key(r["budget"]))
         x = np.array([max(r["fit_seconds"], 1e-3) for r in rows])
         y = np.array([100 * r["accuracy"] for r in rows])
         ax.errorbar(x, y, yerr=[100 * r["accuracy_ci"] for r in rows], marker="o", capsize=3, label=head)
@@ -73,7 +74,7 @@ def _plot_time(path: Path, summary: list[dict[str, Any]]) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _publish(path, lambda p: fig.savefig(p, format="png", dpi=120))
+    publish(path, lambda p: fig.savefig(p, format="png", dpi=120))
     plt.close(fig)
 
 
@@ -93,16 +94,16 @@ def compare_runs(runs: Sequence[str], output: str, task: str | None = None) -> t
 
     paths = [out / name for name in ("results.csv", "results.json", "summary.md", "learning_curves.png",
                                      "accuracy_vs_time.png")]
-    _publish(paths[0], write_csv)
-    _publish(paths[1], lambda p: p.write_text(json.dumps(cells)))
+    publish(paths[0], write_csv)
+    publish(paths[1], lambda p: p.write_text(json.dumps(cells)))
     buf = io.StringIO()
     buf.write(f"# Comparison\n\nruns: {', '.join(f'`{r}`' for r in runs)}\n\n"
               "Test accuracy (%), mean ± 95% confidence interval over seeds.\n\n" + table +
               "\n\nTraining seconds per fit (a batched sweep's time shared evenly among its fits; a multi-task "
               "model's time is for all its tasks).\n\n" + seconds_table(summary) + "\n")
-    _publish(paths[2], lambda p: p.write_text(buf.getvalue()))
+    publish(paths[2], lambda p: p.write_text(buf.getvalue()))
     fig = learning_curve_figure(summary)
-    _publish(paths[3], lambda p: fig.savefig(p, format="png", dpi=120))
+    publish(paths[3], lambda p: fig.savefig(p, format="png", dpi=120))
     plt.close(fig)
     _plot_time(paths[4], summary)
     return table, paths

@@ -38,6 +38,7 @@ from finetext.extract.errors import InputError
 from finetext.extract.pooling import pool
 from finetext.extract.tokens import tokenize
 from finetext.pipeline.settings import FinetuneSettings
+from finetext.pipeline.publish import check_output_folder
 from finetext.pipeline.sweep import budget_rows
 
 SELECTOR = ("w", "u", "gamma")  # the parameters a multi-task model shares across tasks (those a head has)
@@ -58,9 +59,9 @@ class Task:
             raise InputError(f"task {self.name}: the training corpus has no labels; give --label-column.")
         self.classes = np.unique([r.label for r in self.train])
         if len(self.classes) < 2:
-            raise InputError(f"task {self.name}: only one class ({self.classes[0]!r}) in the training corpus.")
+            raise InputError(f"task {self.name}: only one class ({str(self.classes[0])!r}) in the training corpus.")
         if self.test is not None:
-            unseen = sorted({r.label for r in self.test} - set(self.classes))
+            unseen = sorted({r.label for r in self.test} - set(self.classes.tolist()), key=str)
             if None in unseen:
                 raise InputError(f"task {self.name}: the test corpus has unlabelled rows; it needs labels.")
             if unseen:
@@ -267,6 +268,7 @@ def finetune(tasks: Sequence[Task], output: str | os.PathLike, *, model: str | N
     Returns the metrics written to `output/metrics.json`: per task the test accuracy (when a test corpus is
     given), and the training seconds, epochs and per-epoch history.
     """
+    check_output_folder(Path(output))
     trained = train_finetune(tasks, model=model, revision=revision, settings=settings, progress=progress)
     save_finetuned(trained, tasks, output)
     return trained.metrics

@@ -16,7 +16,8 @@ from typing import Any, Sequence
 from finetext.extract import CorpusSpec, InputError, extract_corpus, open_cache
 from finetext.pipeline.finetune import Task, finetune, read_corpus
 from finetext.pipeline.settings import FinetuneSettings
-from finetext.pipeline.sweep import _publish_text, budget_rows
+from finetext.pipeline.publish import publish_text
+from finetext.pipeline.sweep import budget_rows
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,8 @@ def _cache(task: TaskSource, split: str, output: Path, model: str | None, max_le
 
 def _write(output: Path, metrics: dict[str, Any], cells: list[dict[str, Any]]) -> None:
     output.mkdir(parents=True, exist_ok=True)
-    _publish_text(output / "metrics.json", json.dumps(metrics, indent=1))
-    _publish_text(output / "cells.jsonl", "".join(json.dumps(c) + "\n" for c in cells))
+    publish_text(output / "metrics.json", json.dumps(metrics, indent=1))
+    publish_text(output / "cells.jsonl", "".join(json.dumps(c) + "\n" for c in cells))
 
 
 def run_multitask(tasks: Sequence[TaskSource], output: str | os.PathLike, *, cached: bool = False,

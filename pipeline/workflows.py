@@ -14,6 +14,7 @@ from finetext.classify import PoolPrior, check_feature_source, load_head, save_h
 from finetext.classify.pool_prior import prior_helps
 from finetext.classify.persist import load_arrays
 from finetext.extract import CorpusSpec, InputError, extract_corpus, iter_records, open_cache, scan
+from finetext.pipeline.publish import check_output_folder, publish
 from finetext.pipeline.sweep import (AUTO_PRIOR_HEADS, HEADS, SweepConfig, budget_rows, check_device, check_pool_prior,
                             make_head, prior_power, run_sweep)
 
@@ -39,6 +40,7 @@ def train_head(train: str, head: str, output: str, *, budget: int | None = None,
         raise InputError(f"head: expected one of {', '.join(HEADS)}, got {head!r}.")
     check_device(device)
     check_pool_prior(pool_prior)
+    check_output_folder(Path(output))
     with open_cache(train) as cache:
         X = cache.features(pooling, layers=layers)
         y = cache.label_strings()
@@ -77,10 +79,11 @@ class Evaluation:
 
 def evaluate_head(head_dir: str, cache_path: str | None = None, *, corpus: CorpusSpec | None = None,
                   label_map: dict[str, str] | None = None, output: str | None = None,
-                  device: str = "auto") -> Evaluation:
+                  device: str = "auto", normalize: bool = False) -> Evaluation:
     """Score a saved head on a cache, or on a labelled corpus run through the head's own encoder.
 
-    label_map renames the data's labels to the head's (out-of-domain evaluation).
+    label_map renames the data's labels to the head's (out-of-domain evaluation); normalize: the confusion matrix
+    plot shows each row as percentages of its true class.
     """
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
@@ -106,7 +109,7 @@ def evaluate_head(head_dir: str, cache_path: str | None = None, *, corpus: Corpu
             y = cache.label_strings()
     if label_map:
         y = np.array([label_map.get(v, v) for v in y])
-    unseen = sorted(set(y) - set(map(str, head.classes_)))
+    unseen = sorted(set(y.tolist()) - set(map(str, head.classes_)))
     if unseen:
         raise InputError(f"{cache_path}: labels {unseen} are not among the head's classes "
                          f"{list(map(str, head.classes_))}. Pass --label-map FILE.json mapping them.")
@@ -115,35 +118,38 @@ def evaluate_head(head_dir: str, cache_path: str | None = None, *, corpus: Corpu
     result = Evaluation(float(accuracy_score(y, pred)), float(f1_score(y, pred, average="macro")), labels,
                         confusion_matrix(y, pred, labels=labels), len(y))
     if output:
-        _plot_confusion(Path(output) / "confusion_matrix.png", result)
+        _plot_confusion(Path(output) / "confusion_matrix.png", result, normalize)
         Path(output, "metrics.json").write_text(json.dumps(
             {"accuracy": result.accuracy, "macro_f1": result.macro_f1, "labels": labels,
              "confusion": result.confusion.tolist(), "n_docs": result.n_docs, "cache": str(cache_path)}, indent=1))
     return result
 
 
-def _plot_confusion(path: Path, result: Evaluation) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _plot_confusion(path: Path, result: Evaluation, normalize: bool = False) -> None:
+    """The confusion matrix as a PNG sized by the number of classes; `normalize`: each row as percentages of its
+    true class (colour and text), else counts."""
+    from finetext.pipeline.report import annotate_cells, plt
 
     path.parent.mkdir(parents=True, exist_ok=True)
     n = len(result.labels)
-    fig, ax = plt.subplots(figsize=(1 + 0.6 * n, 1 + 0.6 * n))
-    ax.imshow(result.confusion, cmap="Blues")
+    values = result.confusion.astype(float)
+    if normalize:
+        values = 100 * values / np.maximum(values.sum(axis=1, keepdims=True), 1)
+    side = min(max(4.5, 0.55 * n + 2.5), 40)  # inches: every label and number legible up to ~70 classes
+    fig, ax = plt.subplots(figsize=(side + 1, side))
+    im = ax.imshow(values, cmap="Blues", vmin=0, vmax=100 if normalize else max(values.max(), 1))
     ax.set_xticks(range(n), result.labels, rotation=45, ha="right")
     ax.set_yticks(range(n), result.labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    for (i, j), v in np.ndenumerate(result.confusion):
-        ax.text(j, i, str(v), ha="center", va="center", fontsize=8)
-    ax.set_title(f"accuracy {100 * result.accuracy:.1f}%")
+    annotate_cells(ax, values, (lambda v: f"{v:.0f}%") if normalize else (lambda v: f"{v:.0f}"),
+                   dark_above=(100 if normalize else values.max()) / 2)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="% of the true class" if normalize else "documents")
+    ax.set_title(f"accuracy {100 * result.accuracy:.1f}%, macro-F1 {100 * result.macro_f1:.1f}% "
+                 f"({result.n_docs} documents)")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fig.savefig(tmp, format="png", dpi=120)
+    publish(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def encode_like(info: dict[str, Any], records: list, device: str = "auto",
@@ -206,13 +212,13 @@ def predict_texts(head_dir: str, *, input: str | None = None, texts: Sequence[st
     rows = [{"id": r.id, "text": r.text, "label": classes[int(p.argmax())],
              **{f"p_{c}": float(v) for c, v in zip(classes, p)}} for r, p in zip(records, proba)]
     if output:
-        out = Path(output)
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, out)
+        def write_csv(tmp: Path) -> None:
+            with open(tmp, "w", newline="", encoding="utf-8") as f:
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+
+        publish(Path(output), write_csv)
     return rows
 
 

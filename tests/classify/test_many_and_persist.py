@@ -9,7 +9,7 @@ import torch
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
-from finetext.classify import (LastLayerLogReg, LayerAttention, ScalarMix, TokenLayerAttention, check_feature_source,
+from finetext.classify import (HeadFormatError, LastLayerLogReg, LayerAttention, ScalarMix, TokenLayerAttention, check_feature_source,
                       fit_many, load_head, sample_budget)
 from tests.classify.test_heads import toy
 
@@ -141,7 +141,7 @@ def test_how_a_fit_showed_its_progress_is_not_saved(tmp_path):
 
 
 def test_loading_refuses_what_is_not_a_head(tmp_path):
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(HeadFormatError, match="config.json"):
         load_head(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"format": "finetext-head", "version": 1, "class": "os.system"}))
     with pytest.raises(ValueError, match="unknown head class 'os.system'"):

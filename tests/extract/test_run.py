@@ -84,7 +84,7 @@ def test_reader_rows_in_any_order_with_duplicates(tmp_path, small_csv, tiny_bert
         np.testing.assert_array_equal(cache.features("mean", rows=rows), full[rows])
         np.testing.assert_array_equal(cache.features("mean", rows=[3], layers=[-1]), full[[3]][:, [-1]])
         assert cache.features("mean", rows=[]).shape == (0, 3, 32)
-        with pytest.raises(KeyError, match="--pooling cls"):
+        with pytest.raises(CacheMismatchError, match="--pooling cls"):
             cache.features("cls")
         with pytest.raises(IndexError, match="indices must lie"):
             cache.features("mean", rows=[10])

@@ -63,7 +63,7 @@ def test_the_parser_and_info_load_neither_torch_nor_scikit_learn(tmp_path, small
     cache = tmp_path / "c.h5"
     assert main(["extract", str(small_csv), "--model", str(tiny_bert), "--output", str(cache)]) == 0
     heavy = ("torch", "sklearn", "transformers")
-    probe = ("import sys; from pipeline.cli import build_parser, main; build_parser(); "
+    probe = ("import sys; from finetext.pipeline.cli import build_parser, main; build_parser(); "
              f"assert main(['info', {str(cache)!r}]) == 0; print([m for m in {heavy!r} if m in sys.modules])")
     run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
                          cwd=README.parent)
@@ -101,3 +101,68 @@ def test_extract_a_registered_dataset_by_name(tmp_path, tiny_bert, capsys):
     assert main(["extract", "trec", "--split", "test", "--model", str(tiny_bert), "-o", str(out), "--quiet",
                  "--device", "cpu"]) == 0
     assert "500 documents" in capsys.readouterr().out
+
+
+@pytest.fixture
+def caches(tmp_path, small_csv, tiny_bert):
+    """Three caches of one corpus with the tiny model: mean pooling, cls pooling, and a shorter max_length; and a
+    last-layer head trained on the first."""
+    made = {}
+    for name, options in {"mean": [], "cls": ["--pooling", "cls"], "short": ["--max-length", "8"]}.items():
+        made[name] = tmp_path / f"{name}.h5"
+        assert main(["extract", str(small_csv), "--model", str(tiny_bert), "-o", str(made[name]), "--quiet",
+                     "--device", "cpu", *options]) == 0
+    made["head"] = tmp_path / "head"
+    assert main(["train", "--train", str(made["mean"]), "--head", "last-layer", "-o", str(made["head"]),
+                 "--quiet"]) == 0
+    return made
+
+
+USER_ERRORS = {  # case -> (arguments, with {name} for a path of the `caches` fixture; what the one line says)
+    "a cache given as a head": (["predict", "--head", "{mean}", "--text", "hi"], "is a file, not a head folder"),
+    "a model folder given as a head": (["predict", "--head", "{model}", "--text", "hi"], "holds a transformers model"),
+    "a test cache without the pooling": (["sweep", "--train", "{mean}", "--test", "{cls}", "-o", "{tmp}/s", "-q"],
+                                         "no 'mean' pooling; this cache has cls"),
+    "evaluate on a cache without the pooling": (["evaluate", "--head", "{head}", "--cache", "{cls}"],
+                                                "no 'mean' pooling"),
+    "evaluate on another max_length": (["evaluate", "--head", "{head}", "--cache", "{short}"], "max_length=8"),
+    "a folder as the output cache": (["extract", "{csv}", "--model", "{model}", "-o", "{tmp}"], "is a folder"),
+    "a budget above a class's rows": (["train", "--train", "{mean}", "--budget", "500", "-o", "{tmp}/h"],
+                                      "--budget 500 asks for 500 labels per class"),
+    "a total budget below the classes": (["sweep", "--train", "{mean}", "--test", "{mean}", "--budget-mode", "total",
+                                          "--budgets", "1", "-o", "{tmp}/s", "-q"], "at least one label per class"),
+    "a cache too small to split": (["sweep", "--train", "{mean}", "-o", "{tmp}/s", "-q"],
+                                   "cannot be split into a stratified test fraction"),
+    "a hidden state the cache lacks": (["train", "--train", "{mean}", "--layers", "99", "-o", "{tmp}/h"],
+                                       "this cache has hidden states 0 to"),
+    "an output under a file": (["train", "--train", "{mean}", "-o", "{mean}/h", "--head", "last-layer"],
+                               "is a file, not a folder"),
+}
+
+
+@pytest.mark.parametrize("case", list(USER_ERRORS))
+def test_every_error_a_user_can_cause_is_one_line_and_exit_2(case, caches, tmp_path, small_csv, tiny_bert, capsys):
+    args, said = USER_ERRORS[case]
+    paths = {**{k: str(v) for k, v in caches.items()}, "model": str(tiny_bert), "csv": str(small_csv),
+             "tmp": str(tmp_path)}
+    capsys.readouterr()
+    assert main([a.format(**paths) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("finetext: error:") and err.count("\n") == 1 and said in err, err
+    assert "fallback=" not in err and "Traceback" not in err
+
+
+def test_a_reader_that_goes_away_ends_the_output_quietly(caches):
+    run = subprocess.Popen([sys.executable, "-m", "finetext", "info", str(caches["mean"])], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE)
+    run.stdout.close()  # `finetext info c.h5 | head -0`
+    assert run.wait() == 1 and run.stderr.read() == b""
+
+
+def test_a_budget_above_a_class_warns_once_and_the_table_says_so(caches, tmp_path, capsys):
+    assert main(["sweep", "--train", str(caches["mean"]), "--test", str(caches["mean"]), "--heads", "last-layer",
+                 "--budgets", "1,100", "--seeds", "2", "-o", str(tmp_path / "s"), "-q"]) == 0
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "budget 100/class" in warnings[0] and "take all of them" in warnings[0]
+    assert "≤100/class" in captured.out and "| 1/class |" in captured.out

@@ -131,7 +131,7 @@ def test_train_evaluate_predict(tmp_path, bbc_cache, bbc_slice, capsys):
     assert "--device: LayerAttention: device must be 'cpu', 'cuda'" in capsys.readouterr().err
     assert not (tmp_path / "h2").exists()
     assert main(["predict", "--head", str(tmp_path), "--text", "Shares fell."]) == 2  # not a head folder
-    assert "config.json: no such file; a saved head is a folder" in capsys.readouterr().err
+    assert "has no config.json, so it is not a saved head" in capsys.readouterr().err
     assert main(["evaluate", "--head", str(head), "--cache", str(bbc_cache)]) == 0
     out = capsys.readouterr().out
     assert "accuracy" in out and (head / "confusion_matrix.png").exists()
