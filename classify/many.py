@@ -32,7 +32,7 @@ def fit_many(head: object, X: object, y: object, row_sets: Sequence[np.ndarray],
     out: list[object] = [None] * len(row_sets)
     for classes_key, members in groups.items():
         if len(classes_key) < 2:
-            raise ValueError(f"row set {members[0]} holds one class only ({np.asarray(classes_key).tolist()[0]!r}); "
+            raise ValueError(f"row set {members[0]} holds one class only ({classes_key[0]!r}); "
                              "draw budgets that cover every class (sample_budget).")
         classes = np.unique(y[row_sets[members[0]]])
         codes = np.searchsorted(classes, y)
