@@ -10,7 +10,7 @@ from finetext.lazy import lazy_names
 
 _MODULES = {  # public name -> the module of this package that defines it
     "sample_budget": "budget", "HeadFormatError": "errors", "LayerAttention": "heads", "ScalarMix": "heads",
-    "LastLayerLogReg": "last_layer", "fit_many": "many", "check_feature_source": "persist", "load_head": "persist",
+    "LastLayerLogReg": "last_layer", "fit_many": "many", "check_feature_source": "persist", "load_head": "saved",
     "save_head": "persist", "PoolPrior": "pool_prior", "TokenLayerAttention": "token_attention",
 }
 __all__ = ["HeadFormatError", "LastLayerLogReg", "LayerAttention", "PoolPrior", "ScalarMix", "TokenLayerAttention",
@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from finetext.classify.heads import LayerAttention, ScalarMix
     from finetext.classify.last_layer import LastLayerLogReg
     from finetext.classify.many import fit_many
-    from finetext.classify.persist import check_feature_source, load_head, save_head
+    from finetext.classify.persist import check_feature_source, save_head
+    from finetext.classify.saved import load_head
     from finetext.classify.pool_prior import PoolPrior
     from finetext.classify.token_attention import TokenLayerAttention
 

@@ -65,10 +65,10 @@ class LastLayerLogReg(SaveLoadMixin, ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         return super().score(X, check_known_labels(self.classes_, y), sample_weight)
 
-    def _export(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    def export_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         return {"coef": self.model_.coef_, "intercept": self.model_.intercept_}, {}
 
-    def _import(self, classes: np.ndarray, n_layers: int, hidden: int, arrays: dict[str, np.ndarray],
+    def import_state(self, classes: np.ndarray, n_layers: int, hidden: int, arrays: dict[str, np.ndarray],
                 config: dict[str, Any]) -> None:
         self.model_ = LogisticRegression(C=self.C, max_iter=self.max_iter, class_weight=self.class_weight)
         self.model_.coef_, self.model_.intercept_ = arrays["coef"], arrays["intercept"]

@@ -26,8 +26,9 @@ def fit_shared_selector(data: Mapping[str, tuple[object, object]], *, lr: float 
     """Fit one LayerAttention per task with a shared selector, jointly. data: task -> (X (n, L, H), y).
 
     The objective is the sum over tasks of each task's single-task objective (mean cross-entropy plus
-    scikit-learn-scaled L2, as LayerAttention), so a task alone would train exactly as LayerAttention
-    with one member and no validation. layer_prior: "probe" (the mean of the tasks' probe priors) or "uniform".
+    scikit-learn-scaled L2, as LayerAttention), so a task alone with layer_prior="uniform" trains exactly as a
+    one-member LayerAttention that standardises its features. layer_prior: "probe" (the mean of the tasks' probe
+    priors) or "uniform".
     """
     if layer_prior not in ("probe", "uniform"):
         raise ValueError(f"layer_prior: expected 'probe' or 'uniform', got {layer_prior!r}.")
@@ -91,8 +92,7 @@ def fit_shared_selector(data: Mapping[str, tuple[object, object]], *, lr: float 
             weights = module.layer_weights(x[None]).mean((0, 1, 2)).numpy()  # (L,)
         state = {k: v.detach().numpy().copy() for k, v in module.state_dict().items()}
         state |= {"mean": mean, "std": std, "best_epoch": np.full((1, 1), epochs - 1, np.int64)}
-        head = LayerAttention(n_members=1, normalize="standard", lr=lr, C=C, epochs_without_validation=epochs,
-                              layer_prior=layer_prior, random_state=random_state)
-        head._import(classes, L, H, state, {"layer_weights": weights.tolist()})
+        head = LayerAttention(n_members=1, C=C, random_state=random_state)
+        head.import_state(classes, L, H, state, {"layer_weights": weights.tolist(), "normalization": "standard"})
         heads[name] = head
     return heads

@@ -19,14 +19,6 @@ DISPLAY_PARAMS = ("verbose",)  # how a fit shows its progress, not what it learn
 VERSION = 1
 
 
-def _registry() -> dict[str, type]:
-    from finetext.classify.heads import LayerAttention, ScalarMix
-    from finetext.classify.last_layer import LastLayerLogReg
-    from finetext.classify.token_attention import TokenLayerAttention
-
-    return {cls.__name__: cls for cls in (LastLayerLogReg, ScalarMix, LayerAttention, TokenLayerAttention)}
-
-
 class SaveLoadMixin:
     """`save(dir)` and `Head.load(dir)` for every head, also under Hugging Face's names `save_pretrained` and
     `from_pretrained`."""
@@ -39,11 +31,11 @@ class SaveLoadMixin:
     @classmethod
     def load(cls, directory: str | os.PathLike) -> Self:
         """Read a head written by save(); nothing in the folder can execute code."""
-        head = load_head(directory)
-        if not isinstance(head, cls):
-            raise TypeError(f"{directory} holds a {type(head).__name__}, not a {cls.__name__}: load it with "
-                            f"{type(head).__name__}.load or classify.load_head.")
-        return head
+        config = read_config(directory)
+        if config.get("class") != cls.__name__:
+            raise HeadFormatError(f"{directory} holds a {config.get('class')}, not a {cls.__name__}: load it with "
+                                  f"{config.get('class')}.load or finetext.classify.load_head.")
+        return rebuild(cls, directory, config)
 
     save_pretrained = save
     from_pretrained = load
@@ -70,7 +62,7 @@ def _unparam(value: Any) -> Any:
 def write_head_files(head: Any, directory: str | os.PathLike, feature_info: dict[str, Any] | None = None) -> None:
     """Write `config.json` and `weights.safetensors` into an existing folder (not atomic: see save_head)."""
     directory = Path(directory)
-    arrays, extra = head._export()
+    arrays, extra = head.export_state()
     classes = [_plain(c) for c in head.classes_]
     if not all(isinstance(c, (str, int, float, bool)) for c in classes):
         raise TypeError(f"classes_ must be strings or numbers to be saved as JSON, got {classes[:3]}.")
@@ -150,15 +142,13 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
-def load_head(directory: str | os.PathLike) -> Any:
-    """Rebuild a saved head. Only JSON and safetensors are read: nothing in the folder can run code."""
-    config = read_config(directory)
-    registry = _registry()
-    if config["class"] not in registry:
-        raise HeadFormatError(f"{directory}: unknown head class {config['class']!r}; known: {', '.join(registry)}.")
-    head = registry[config["class"]](**{k: _unparam(v) for k, v in config["params"].items()})
+def rebuild(cls: type, directory: str | os.PathLike, config: dict[str, Any]) -> Any:
+    """A `cls` head from a folder whose config.json (read_config) names that class. Parameters this finetext no
+    longer has are left out: what a fitted head computes is in its arrays and config, not in them."""
+    known = set(cls._get_param_names())
+    head = cls(**{k: _unparam(v) for k, v in config["params"].items() if k in known})
     arrays = load_file(str(Path(directory) / "weights.safetensors"))
-    head._import(np.array(config["classes"]), config["n_layers"], config["hidden_size"], arrays, config)
+    head.import_state(np.array(config["classes"]), config["n_layers"], config["hidden_size"], arrays, config)
     head.feature_info_ = config.get("feature_info", {})
     return head
 

@@ -1,8 +1,9 @@
-"""Selector priors over layers, computed from the labelled rows before a head trains (see heads.py, layer_prior).
+"""What the labelled rows say about each layer before a head trains.
 
-"probe": how well each layer alone separates the labelled rows (leave-one-out nearest centroid, no training);
-"cv": each layer's cross-validated logistic-regression log-likelihood; "last": the last layer favoured. Each is
-an (n_layers,) score added to the selector's attention logits, 0 for the favoured layers.
+cv_logliks: each layer's cross-validated logistic-regression log-likelihood on a row set's labelled rows, which
+decides a set's normalisation when it has few labels (plan.py, last_layer_loses). probe_prior: how well each layer
+alone separates the labelled rows (leave-one-out nearest centroid, no training), the shared selector's prior in
+multitask.py.
 """
 from __future__ import annotations
 
@@ -17,11 +18,8 @@ import torch
 from finetext.classify.features import layer_stats, normalised
 from finetext.classify.logreg import HISTORY, SPLIT_CLASSES, cross_validated
 
-LAST_LAYER_PRIOR = 4.0  # prior score of the last layer in the last-layer-heavy candidate: α_last ≈ 0.9 of 7
-PROBE_PRIOR = 2.0  # prior score of the worst single layer under layer_prior="probe" (the best gets 0)
-CV_PRIOR_SCALE = 0.1  # layer_prior="cv": prior score per nat of a layer's cross-validated log-likelihood
-CV_PRIOR_FLOOR = -20.0  # ... and the lowest score it gives a layer
-LAST_LAYER_GAP = 0.01  # normalize="cv": nats per row by which another layer must beat the last one (see heads.py)
+PROBE_PRIOR = 2.0  # probe_prior's score of the worst single layer (the best gets 0)
+LAST_LAYER_GAP = 0.01  # nats per row by which another layer must beat the last one (last_layer_loses)
 CV_CHUNK_BYTES = 64 << 20  # cv_logliks's working memory per chunk of row sets, on a CPU ...
 CV_CHUNK_BYTES_GPU = 2 << 30  # ... and on a GPU
 # cv_logliks remembers each set's result by its content, so the heads of a sweep (scalar-mix and layer-attention
@@ -150,16 +148,6 @@ def _cv_bytes(n: int, L: int, H: int, C: int) -> int:
 def cv_loglik(Z: np.ndarray, codes: np.ndarray, seed: int, device: str | torch.device = "cpu") -> np.ndarray | None:
     """(L,) cv_logliks of one set: all of Z's rows (n, L, H), as they are; codes (n,) class indices."""
     return cv_logliks(Z, codes, [np.arange(len(codes))], [seed], device=device)[0]
-
-
-def cv_prior(loglik: np.ndarray | None, n_layers: int, scale: float = CV_PRIOR_SCALE) -> np.ndarray:
-    """(L,) selector prior from a set's cv_logliks: each layer's log-likelihood times `scale`, the best layer at
-    0; uniform (zeros) for None (a class with one row)."""
-    if loglik is None:
-        return np.zeros(n_layers, np.float32)
-    # floored: a weight of e^-20 is already nothing, and far smaller ones turn into denormal floats in the
-    # backward pass, which ran 40x slower (banking77, 32/class)
-    return np.maximum(scale * (loglik - loglik.max()), CV_PRIOR_FLOOR).astype(np.float32)
 
 
 def last_layer_loses(loglik: np.ndarray | None, n_rows: int, gap: float = LAST_LAYER_GAP) -> bool:

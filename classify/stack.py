@@ -129,7 +129,6 @@ class TrainConfig:
 
     lr: float = 1e-2
     C: float = 1.0  # inverse L2 strength, as scikit-learn's LogisticRegression: it scales with 1/n
-    dropout: float = 0.0  # on the mixed vector (ScalarMix) or on whole layers' votes (LayerAttention)
     max_epochs: int = 200
     patience: int = 20  # epochs without a better validation loss before a head stops improving
     batch_rows: int = 4096  # full batch up to this many rows, minibatches of this size beyond
@@ -173,9 +172,9 @@ def train_stack(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, w_tra
 def _train_epochs(run: "_Training", epochs: Iterable[int], generator: torch.Generator) -> np.ndarray:
     """train_stack's loop over `epochs`, stopping early when every set has stopped improving."""
     module, config, w_val, y = run.module, run.config, run.w_val, run.y
-    # full batches without dropout: epoch e's training forward is also the validation forward of the parameters
-    # after epoch e-1, so validating costs no pass of its own over the features
-    fused = w_val is not None and y.shape[1] <= config.batch_rows and config.dropout == 0
+    # full batches: epoch e's training forward is also the validation forward of the parameters after epoch e-1,
+    # so validating costs no pass of its own over the features
+    fused = w_val is not None and y.shape[1] <= config.batch_rows
     for epoch in epochs:
         if fused:
             logits = module(run.x)  # (S, M, n, C)
@@ -187,7 +186,7 @@ def _train_epochs(run: "_Training", epochs: Iterable[int], generator: torch.Gene
             run.step(logits, run.y, run.w_train)
             continue
         for xb, yb, wb in run.batches(generator):
-            run.step(module(xb, config.dropout, generator), yb, wb)
+            run.step(module(xb), yb, wb)
         if w_val is not None and run.record(validation_loss(module, run.x, run.y, run.w_val, config.batch_rows), epoch):
             return run.finish()
     if fused:

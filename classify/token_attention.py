@@ -149,11 +149,11 @@ class TokenLayerAttention(SaveLoadMixin, ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "query_")
         return super().score(X, check_known_labels(self.classes_, y), sample_weight)
 
-    def _export(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    def export_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         arrays = {f"selector.{k}": v.detach().numpy() for k, v in self.selector_.state_dict().items()}
         return {**arrays, "query": self.query_.numpy(), "mean": self.mean_, "std": self.std_}, {}
 
-    def _import(self, classes: np.ndarray, n_layers: int, hidden: int, arrays: dict[str, np.ndarray],
+    def import_state(self, classes: np.ndarray, n_layers: int, hidden: int, arrays: dict[str, np.ndarray],
                 config: dict[str, Any]) -> None:
         self.classes_, self.n_layers_, self.hidden_size_ = classes, n_layers, hidden
         self.n_features_in_ = n_layers * hidden

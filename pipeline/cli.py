@@ -16,17 +16,13 @@ from finetext.pipeline.settings import CACHED_HEADS, FINETUNE_HEADS, PRECISIONS,
 HEAD_DEVICE_HELP = ("where scalar-mix and layer-attention train: cpu (default), cuda, cuda:N, mps or auto; "
                     "a GPU gives the same heads up to rounding")
 
-HEAD_PRECISION_HELP = ("bf16: scalar-mix and layer-attention multiply their features in bfloat16 (about 1.7x "
-                       "faster on large fits where the CPU has AMX or on a GPU; the same accuracies on TREC-6)")
+HEAD_PRECISION_HELP = ("bf16: scalar-mix and layer-attention multiply their features in bfloat16: faster on large "
+                       "fits where the CPU or GPU has native bf16, the same accuracies (docs/benchmarks.md)")
 POOL_PRIOR_HELP = ("map the features by the covariance of every training row, labels unread, before the heads "
                    "see them (classify.PoolPrior; 1: the covariance itself, 0: centring only): lifts logistic "
                    "regression at small budgets on tasks of few broad classes, costs tasks of many fine ones; "
                    "'auto': power 1 for logistic regression wherever it cross-validates better on the labelled "
                    "rows, never for the attention heads (which lost with it); off by default")
-HEAD_KERNEL_HELP = ("what scalar-mix's and layer-attention's classifiers are linear in: the layers (linear), RBF "
-                    "kernel features of them (rbf), or both, averaged; auto: both with 100+ labels per class and "
-                    "512+ rows, linear otherwise (linear alone trains about 2.5x faster on all the labels)")
-
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -136,7 +132,7 @@ def _sweep(args: argparse.Namespace) -> int:
     from finetext.pipeline.sweep import HEADS, SweepConfig, head_params, read_cells, run_sweep
 
     if args.config:
-        given = [f"--{k}" for k in head_params(list(HEADS), args.precision, args.kernel).get("layer-attention", {})]
+        given = [f"--{k}" for k in head_params(list(HEADS), args.precision).get("layer-attention", {})]
         if args.pool_prior is not None:
             raise InputError("sweep: --pool-prior does not apply to --config, which reruns the sweep as recorded; "
                              "set pool_prior (\"auto\" or a power) in its [sweep] table, or drop --config.")
@@ -154,8 +150,8 @@ def _sweep(args: argparse.Namespace) -> int:
                              budgets=args.budgets, budget_mode=args.budget_mode, seeds=args.seeds,
                              pooling=args.pooling, layers=args.layers, test_fraction=args.test_fraction,
                              device=args.device, pool_prior=args.pool_prior,
-                             params=head_params(args.heads, args.precision, args.kernel))
-    out = run_sweep(config, progress=not args.quiet)
+                             params=head_params(args.heads, args.precision))
+    out = run_sweep(config, progress=not args.quiet, verbose=args.verbose)
     summary = summarize(read_cells(out / "cells.jsonl"))
     per_class = config.budget_mode == "per-class"
     print(summary_table(summary, per_class=per_class) + "\n\n" + labels_needed(summary, per_class=per_class))
@@ -169,7 +165,7 @@ def _train(args: argparse.Namespace) -> int:
 
     path = train_head(args.train, args.head, args.output, budget=args.budget, seed=args.seed,
                       pooling=args.pooling, layers=args.layers, device=args.device,
-                      params=head_params([args.head], args.precision, args.kernel).get(args.head),
+                      params=head_params([args.head], args.precision).get(args.head),
                       progress=not args.quiet, pool_prior=args.pool_prior)
     said = ""
     if args.pool_prior == "auto" and not issubclass(HEADS[args.head], AUTO_PRIOR_HEADS):
@@ -375,8 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="rerun a sweep from its config.toml")
     p.add_argument("--device", default="cpu", help=HEAD_DEVICE_HELP)
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help=HEAD_PRECISION_HELP)
-    p.add_argument("--kernel", default="auto", choices=["auto", "linear", "rbf", "both"], help=HEAD_KERNEL_HELP)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("--verbose", "-v", action="store_true", help="also a bar over each stack's training epochs")
     p.set_defaults(handler=_sweep)
 
     p = sub.add_parser("train", help="fit one head on a cache and save it")
@@ -389,7 +385,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=_int_list, default=None)
     p.add_argument("--device", default="cpu", help=HEAD_DEVICE_HELP)
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help=HEAD_PRECISION_HELP)
-    p.add_argument("--kernel", default="auto", choices=["auto", "linear", "rbf", "both"], help=HEAD_KERNEL_HELP)
     p.add_argument("--pool-prior", type=_pool_prior, default=None, metavar="auto|POWER",
                    help=POOL_PRIOR_HELP + " (saved with the head, applied by evaluate and predict)")
     p.add_argument("--quiet", action="store_true", help="no progress bar over the epochs")

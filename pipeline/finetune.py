@@ -403,13 +403,13 @@ def _export_head(module: torch.nn.Module, settings: FinetuneSettings, classes: n
         W, b = state["W"].T, state["b"]  # (C, H), (C,)
         if len(classes) == 2:  # scikit-learn's binary form: sigmoid(z1 - z0) equals the two-class softmax
             W, b = W[1:] - W[:1], b[1:] - b[:1]
-        head._import(classes, L, H, {"coef": W, "intercept": b}, {})
+        head.import_state(classes, L, H, {"coef": W, "intercept": b}, {})
         return head
     cls = LayerAttention if settings.head == "layer-attention" else ScalarMix
-    head = cls(n_members=1, normalize="none", dropout=settings.dropout, random_state=settings.seed)
+    head = cls(n_members=1, random_state=settings.seed)
     state |= {"mean": np.zeros((L, H), np.float32), "std": np.ones((L, H), np.float32),
-              "best_epoch": np.zeros((1, 1), np.int64)}
-    head._import(classes, L, H, state, {"layer_weights": layer_weights.tolist()})
+              "best_epoch": np.zeros((1, 1), np.int64)}  # the encoder's features go in as they are
+    head.import_state(classes, L, H, state, {"layer_weights": layer_weights.tolist(), "normalization": "none"})
     return head
 
 

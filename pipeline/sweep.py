@@ -47,13 +47,11 @@ def make_head(name: str, params: dict[str, Any] | None = None, device: str = "cp
     return cls(**{**extras, **(params or {})})
 
 
-def head_params(heads: Sequence[str], precision: str = "fp32", kernel: str = "auto") -> dict[str, dict[str, Any]]:
-    """Per-head params from the CLI's --precision and --kernel, for the heads that have them (scalar-mix,
-    layer-attention); only values other than the heads' defaults, so the params a sweep records stay as they were."""
-    asked = {"precision": precision, "kernel": kernel}
+def head_params(heads: Sequence[str], precision: str = "fp32") -> dict[str, dict[str, Any]]:
+    """Per-head params from the CLI's --precision, for the heads that have it (scalar-mix, layer-attention); only
+    values other than the heads' defaults, so the params a sweep records stay as they were."""
     defaults = {h: HEADS[h]().get_params() for h in heads if h in HEADS}  # a head without the param never gets it
-    params = {h: {k: v for k, v in asked.items() if d.get(k, v) != v} for h, d in defaults.items()}
-    return {h: p for h, p in params.items() if p}
+    return {h: {"precision": precision} for h, d in defaults.items() if d.get("precision", precision) != precision}
 
 
 def check_pool_prior(value: object) -> None:
@@ -303,9 +301,10 @@ def _append_cells(path: Path, cells: list[dict[str, Any]]) -> None:
         os.fsync(f.fileno())
 
 
-def run_sweep(config: SweepConfig, progress: bool = True, replace_other: bool = False) -> Path:
+def run_sweep(config: SweepConfig, progress: bool = True, replace_other: bool = False, verbose: bool = False) -> Path:
     """Train the whole grid on cached features, evaluate each fit on the test set, write the report.
 
+    progress: one bar over the grid's cells; verbose: also each stack's bar over its epochs.
     replace_other: start over when the folder holds another sweep's results (else that is an error).
     """
     from finetext.pipeline.report import write_report
@@ -363,7 +362,7 @@ def run_sweep(config: SweepConfig, progress: bool = True, replace_other: bool = 
         for (head_name, *_), budgets in calls.items():
             jobs = [(b, s) for b in budgets for s in seeds_of[b] if (head_name, b, s) not in done]
             rows = [_rows_for(config, data.y, b, s) for b, s in jobs]
-            head = make_head(head_name, config.params.get(head_name), config.device, verbose=progress)
+            head = make_head(head_name, config.params.get(head_name), config.device, verbose=verbose)
             start = time.perf_counter()
             fitted = fit_cells(head, data, rows, [s for _, s in jobs])
             per_fit = (time.perf_counter() - start) / len(fitted)  # the batch's time, shared evenly

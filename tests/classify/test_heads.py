@@ -11,7 +11,6 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from finetext.classify import LastLayerLogReg, LayerAttention, ScalarMix, TokenLayerAttention, fit_many
-from finetext.classify.priors import cv_logliks, cv_prior
 from finetext.classify.stack import LayerAttentionStack, ScalarMixStack
 
 
@@ -83,12 +82,12 @@ def test_seeded_fits_are_identical_and_seeds_differ():
 
 
 @pytest.mark.parametrize("Head", [ScalarMix, LayerAttention])
-def test_bf16_precision_trains_the_same_heads_up_to_rounding(Head):
+def test_bf16_precision_trains_the_same_heads_up_to_rounding(Head, small_plans):
     X, y = toy(n=300)
     Xt, yt = toy(seed=5)
-    kw = {"min_val_per_class": 40}  # 100 rows per class: the validated ensemble, early stopping included
-    full = Head(**kw).fit(X, y)
-    half = Head(precision="bf16", **kw).fit(X, y)
+    small_plans(40)  # 100 rows per class: the validated ensemble, early stopping included
+    full = Head().fit(X, y)
+    half = Head(precision="bf16").fit(X, y)
     assert half.state_["W"].dtype == np.float32  # parameters stay fp32: only the features' products are bf16
     assert not np.array_equal(full.state_["W"], half.state_["W"])  # it did train differently
     assert np.mean(full.predict(Xt) == half.predict(Xt)) > 0.97
@@ -128,20 +127,21 @@ def test_class_weight_dict_weights_each_class_in_fits_alone_and_batched():
         LayerAttention(class_weight="heavy").fit(X, y)
 
 
-def test_verbose_shows_the_epochs_and_changes_nothing(capsys):
+def test_verbose_shows_the_epochs_and_changes_nothing(capsys, small_plans):
     X, y = toy()
-    quiet = LayerAttention(min_val_per_class=10).fit(X, y)  # validated: the bar ends at early stopping
-    loud = LayerAttention(min_val_per_class=10, verbose=True).fit(X, y)
+    small_plans(10)  # validated: the bar ends at early stopping
+    quiet = LayerAttention().fit(X, y)
+    loud = LayerAttention(verbose=True).fit(X, y)
     assert "epoch" in capsys.readouterr().err
     np.testing.assert_array_equal(loud.predict_proba(X), quiet.predict_proba(X))
 
 
 def test_sklearn_tools_work():
     X, y = toy()
-    assert cross_val_score(ScalarMix(epochs_without_validation=100), X, y, cv=3).mean() > 0.5  # chance: 0.33
+    assert cross_val_score(ScalarMix(), X, y, cv=3).mean() > 0.5  # chance: 0.33
     grid = GridSearchCV(LastLayerLogReg(), {"layer": [0, 2]}, cv=3).fit(X, y)
     assert grid.best_params_ == {"layer": 2}
-    pipe = Pipeline([("head", LayerAttention(epochs_without_validation=100))]).fit(X, y)
+    pipe = Pipeline([("head", LayerAttention())]).fit(X, y)
     assert pipe.score(X, y) > 0.8
 
 
@@ -159,9 +159,11 @@ def test_bad_input_names_the_problem_and_fix():
         LayerAttention().fit(bad, y)
     with pytest.raises(ValueError, match="only one class"):
         LayerAttention().fit(X, np.full(len(X), "neg"))
-    with pytest.raises(ValueError, match="dropout must lie in"):
-        ScalarMix(dropout=1.5).fit(X, y)
-    head = ScalarMix(epochs_without_validation=5).fit(X, y)
+    with pytest.raises(ValueError, match="C must be a positive number"):
+        ScalarMix(C=0).fit(X, y)
+    with pytest.raises(ValueError, match="n_members must be a positive integer"):
+        ScalarMix(n_members=0).fit(X, y)
+    head = ScalarMix().fit(X, y)
     with pytest.raises(ValueError, match=r"X has 64 features, but ScalarMix is expecting 32 .* \(4, 8\), got \(4, 16"):
         head.predict(np.zeros((2, 4, 16), np.float32))
     with pytest.raises(NotFittedError):
@@ -189,7 +191,6 @@ def test_a_gpu_trains_the_same_heads_up_to_rounding(Head):
     gpu = Head(random_state=0, device="cuda").fit(X, y)
     np.testing.assert_allclose(gpu.layer_weights_, cpu.layer_weights_, atol=0.02)
     assert (gpu.predict(X) == cpu.predict(X)).mean() > 0.97
-    assert Head(random_state=0, dropout=0.2, device="cuda").fit(X, y).score(*toy(seed=1)) > 0.85  # masks on the GPU
 
 
 def test_unseen_labels_at_score_are_refused():
@@ -199,92 +200,53 @@ def test_unseen_labels_at_score_are_refused():
         head.score(X[:3], ["neg", "other", "pos"])
 
 
-def test_validation_folds_train_members_that_early_stop():
+def test_validation_folds_train_members_that_early_stop(small_plans):
     X, y = toy(n=300)
-    head = LayerAttention(min_val_per_class=20, n_members=3, max_epochs=60, patience=5).fit(X, y)
+    small_plans(20, max_epochs=60, patience=5)
+    head = LayerAttention(n_members=3).fit(X, y)
     assert head.state_["b"].shape[1] == 3  # three members, each validated on its own fold
     assert head.score(*toy(seed=1)) > 0.75
     noise = np.random.default_rng(0).integers(0, 2, 300)  # labels unrelated to X: validation loss rises at once
-    stopped = LayerAttention(min_val_per_class=20, n_members=3, max_epochs=200, patience=5, C=100).fit(X, noise)
+    small_plans(20, max_epochs=200, patience=5)
+    stopped = LayerAttention(n_members=3, C=100).fit(X, noise)
     assert (stopped.state_["best_epoch"] < 150).all()
 
 
-def test_a_class_smaller_than_the_ensemble_still_validates_but_one_row_does_not():
+def test_a_class_smaller_than_the_ensemble_still_validates_but_one_row_does_not(small_plans):
     X, y = toy(n=300)
     rare = np.flatnonzero(y == "neu")
-    kw = {"min_val_per_class": 20, "n_members": 3, "max_epochs": 60, "patience": 5}
+    small_plans(20, max_epochs=60, patience=5)
     for keep, members in ((2, 3), (1, 1)):  # 2 rows: in every member's training rows; 1: not
         rows = np.setdiff1d(np.arange(len(y)), rare[keep:])
-        head = LayerAttention(**kw).fit(X[rows], y[rows])
+        head = LayerAttention(n_members=3).fit(X[rows], y[rows])
         assert head.state_["b"].shape[1] == members
         assert head.normalization_["linear"] == ("standard" if keep == 2 else "layer")
 
 
-def test_normalize_cv_standardises_only_when_another_layer_beats_the_last():
+def test_few_labels_standardise_only_when_another_layer_beats_the_last(small_plans):
     X, y = toy(n=200)  # the labels live in layer 2; the last layer is noise
-    kw = {"normalize": "cv", "epochs_without_validation": 50}
-    assert LayerAttention(**kw).fit(X, y).normalization_["linear"] == "standard"
+    assert LayerAttention().fit(X, y).normalization_["linear"] == "standard"
     X[:100, -1] = 2 * X[:100, 2]  # the first half's last layer carries them too
-    both = fit_many(LayerAttention(**kw), X, y, [np.arange(100), np.arange(100, 200)], seeds=[0, 1])
+    both = fit_many(LayerAttention(), X, y, [np.arange(100), np.arange(100, 200)], seeds=[0, 1])
     assert [h.normalization_["linear"] for h in both] == ["layer", "standard"]
     for head, rows, seed in zip(both, [np.arange(100), np.arange(100, 200)], [0, 1]):  # one call = fits alone
-        alone = LayerAttention(**kw, random_state=seed).fit(X[rows], y[rows])
+        alone = LayerAttention(random_state=seed).fit(X[rows], y[rows])
         np.testing.assert_allclose(head.predict_proba(X), alone.predict_proba(X), atol=1e-6)
-    with_cv_prior = LayerAttention(**kw, layer_prior="cv").fit(X[100:], y[100:])  # the prior keeps the decision
-    assert with_cv_prior.normalization_["linear"] == "standard"
-    validated = LayerAttention(normalize="cv", min_val_per_class=20, n_members=3, max_epochs=30).fit(*toy(n=300))
-    assert validated.normalization_["linear"] == "standard"  # with enough labels, as "auto"
+    small_plans(20, max_epochs=30)
+    validated = LayerAttention(n_members=3).fit(*toy(n=300))
+    assert validated.normalization_["linear"] == "standard"  # with enough labels, always
 
 
-def test_cv_prior_reuses_the_checks_regressions_where_layer_normalisation_stays(monkeypatch):
-    import finetext.classify.priors as priors
-
-    X, y = toy(n=200)
-    X[:100, -1] = 2 * X[:100, 2]  # the first half's last layer carries the labels: "layer" stays
-    runs, original = [], priors.cross_validated
-
-    def counted(Z, *args, **kwargs):  # records each run's number of regressions (sets x layers)
-        runs.append(len(Z))
-        return original(Z, *args, **kwargs)
-
-    monkeypatch.setattr(priors, "cross_validated", counted)
-    priors.clear_cv_memo()
-    sets = [np.arange(100), np.arange(100, 200)]
-    fitted = fit_many(LayerAttention(layer_prior="cv", epochs_without_validation=50), X, y, sets, [0, 1])
-    assert [h.normalization_["linear"] for h in fitted] == ["layer", "standard"]
-    assert runs == [2 * 4, 4]  # the check of both sets, then the prior of the standardised set only
-    for head, rows, seed in zip(fitted, sets, [0, 1]):
-        codes = np.unique(y[rows], return_inverse=True)[1]
-        loglik = cv_logliks(X[rows], codes, [np.arange(100)], [seed], head.normalization_["linear"])[0]
-        np.testing.assert_allclose(head.state_["p0"][0, 0], cv_prior(loglik, X.shape[1]), atol=1e-4)
-
-
-def test_layer_prior_auto_chooses_by_cross_validation():
-    X, y = toy(n=200)
-    X[:, -1] = X[:, 2]  # the last layer carries the signal too: the last-layer prior must not lose
-    head = LayerAttention(layer_prior="auto", epochs_without_validation=50).fit(X, y)
-    assert head.state_["p0"].shape == (1, 1, 4)
-    Xt, yt = toy(seed=1)
-    Xt[:, -1] = Xt[:, 2]
-    assert head.score(Xt, yt) > 0.8
-    p0 = head.state_["p0"][0, 0]  # one of the two candidate priors: uniform, or last-layer-heavy
-    assert np.allclose(p0, 0) or (np.allclose(p0[:-1], 0) and p0[-1] > 0)
-    with pytest.raises(ValueError, match="layer_prior must be one of"):
-        LayerAttention(layer_prior="first").fit(X, y)
-
-
-def test_probe_prior_steers_the_selector_to_the_informative_layer():
-    X, y = toy(n=60)
-    uniform = LayerAttention(random_state=0, layer_prior="uniform").fit(X, y)
-    probe = LayerAttention(random_state=0, layer_prior="probe").fit(X, y)
-    assert probe.layer_weights_[2] > uniform.layer_weights_[2]
-    assert probe.layer_weights_.argmax() == 2
-
-
-def test_cv_prior_steers_the_selector_to_the_informative_layer():
-    X, y = toy(n=60)
-    uniform = LayerAttention(random_state=0, layer_prior="uniform").fit(X, y)
-    cv = LayerAttention(random_state=0, layer_prior="cv").fit(X, y)
-    assert cv.layer_weights_[2] > uniform.layer_weights_[2] and cv.layer_weights_.argmax() == 2
-    batched = fit_many(LayerAttention(layer_prior="cv"), X, y, [np.arange(60)], [0])[0]
-    np.testing.assert_allclose(batched.predict_proba(X), cv.predict_proba(X), atol=2e-4)
+def test_a_stack_trains_each_set_by_its_own_plan(small_plans):
+    """Sets of one size whose labels differ in how they train (validated or not) share no stack: each equals its
+    fit alone."""
+    X, y = toy(n=300)
+    small_plans(20, max_epochs=60, patience=5)
+    rare = np.flatnonzero(y == "neu")
+    one_row = np.setdiff1d(np.arange(len(y)), rare[1:])  # a class of one row: one member, no validation
+    other = np.arange(len(one_row))  # as many rows, every class: a validated ensemble
+    fitted = fit_many(LayerAttention(n_members=3), X, y, [one_row, other], [0, 0])
+    assert [h.state_["b"].shape[1] for h in fitted] == [1, 3]
+    for head, rows in zip(fitted, [one_row, other]):
+        alone = LayerAttention(n_members=3).fit(X[rows], y[rows])
+        np.testing.assert_allclose(head.predict_proba(X), alone.predict_proba(X), atol=1e-6)

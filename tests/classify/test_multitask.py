@@ -10,9 +10,10 @@ from tests.classify.test_heads import toy
 
 
 def test_one_task_alone_trains_exactly_as_layer_attention():
-    X, y = toy(n=90)
-    alone = fit_shared_selector({"a": (X, y)}, random_state=3)["a"]
-    single = LayerAttention(n_members=1, normalize="standard", layer_prior="probe", random_state=3).fit(X, y)
+    X, y = toy(n=90)  # the labels live in layer 2, not the last: LayerAttention standardises, as the tasks do
+    alone = fit_shared_selector({"a": (X, y)}, layer_prior="uniform", random_state=3)["a"]
+    single = LayerAttention(n_members=1, random_state=3).fit(X, y)
+    assert single.normalization_ == {"linear": "standard"}
     np.testing.assert_allclose(alone.predict_proba(X), single.predict_proba(X), atol=1e-5)
 
 

@@ -10,7 +10,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 import finetext.classify.logreg
 import finetext.classify.priors
 from finetext.classify.features import layer_stats, normalised
-from finetext.classify.priors import clear_cv_memo, cv_loglik, cv_logliks, cv_prior, last_layer_loses, probe_prior
+from finetext.classify.priors import clear_cv_memo, cv_loglik, cv_logliks, last_layer_loses, probe_prior
 from tests.classify.test_heads import toy
 
 
@@ -60,12 +60,6 @@ def test_cv_loglik_is_each_layers_cross_validated_log_likelihood():
     np.testing.assert_allclose(batched[0], loglik, rtol=1e-5)
     np.testing.assert_allclose(batched[1], cv_loglik(normalised(X[24:], "layer"), codes[24:], seed=4), rtol=1e-5)
     assert batched[2] is None
-
-
-def test_cv_prior_scales_the_log_likelihoods_best_at_zero():
-    loglik = np.array([-30.0, -10.0, -12.5, -400.0])
-    np.testing.assert_allclose(cv_prior(loglik, 4), [-2.0, 0.0, -0.25, -20.0])  # floored: no denormal weights
-    assert np.array_equal(cv_prior(None, 4), np.zeros(4, np.float32))  # nothing to hold out: uniform
 
 
 def test_last_layer_loses_by_more_than_the_gap_per_row():
