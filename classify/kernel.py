@@ -3,7 +3,7 @@
 A linear classifier on these features is a kernel classifier on the layer's vectors: on TREC-6 with all its labels,
 an RBF SVM on one MiniLM layer reached 96.0% where linear classifiers reached 93–94.6 (docs/experiments.md), so
 with enough labels the heads train one ensemble on the layers as they are and one on their kernel features
-(`kernel="auto"` in heads.py).
+(plan.py).
 
 For layer l with landmarks z_1..z_m (training rows' unit vectors) and K = k(Z, Z), a row x maps to
 φ(x) = k(x, Z) K^(-1/2), so φ(x)·φ(x') approximates k(x, x') = exp(-γ_l |x - x'|²). γ_l = 1 / (total variance

@@ -33,8 +33,7 @@ class LastLayerLogReg(SaveLoadMixin, ClassifierMixin, BaseEstimator):
         if not -X.shape[1] <= self.layer < X.shape[1]:
             raise ValueError(f"LastLayerLogReg: layer={self.layer} does not exist; X has layers 0..{X.shape[1] - 1}.")
         classes, codes = check_labels(y, len(X), type(self).__name__)
-        # One BLAS thread: lbfgs on (n, hidden) features is too small to share out; on 2 cores the default
-        # threading ran 2.1-5.9x slower (bench/blas_threads.py on banking77).
+        # One BLAS thread: lbfgs on (n, hidden) features is too small to share out (bench/blas_threads.py).
         with threadpool_limits(1, user_api="blas"):
             self.model_ = LogisticRegression(C=self.C, max_iter=self.max_iter, class_weight=self.class_weight,
                                              random_state=self.random_state).fit(X[:, self.layer], classes[codes])

@@ -1,5 +1,5 @@
-"""Many L2-regularised multinomial logistic regressions at once: the cross-validation behind normalize="cv" and
-layer_prior="cv" (priors.py), batched over row sets × layers × folds and run on the heads' device.
+"""Many L2-regularised multinomial logistic regressions at once: the per-layer cross-validation that decides a row
+set's normalisation (plan.py, priors.cv_logliks), batched over row sets × layers × folds on the heads' device.
 
 Each problem is scikit-learn's LogisticRegression(C) with its default solver: minimise the mean cross-entropy of
 its training rows plus ||W||² / (2 C n), the intercept unpenalised (two classes: scikit-learn's one-vector
@@ -7,8 +7,7 @@ penalty). The problems of one group share a feature matrix and differ in which r
 so one matrix product per group serves every fold. Solved by L-BFGS (10 pairs, as scipy; a backtracking line
 search per problem) in float32 until every problem's gradient is below `tol` in every coordinate, scikit-learn's
 stopping rule (scipy's pgtol = 1e-4). Compared with scikit-learn on 4-64 labels per class of five datasets, 10
-seeds each (bench/cv_check.py, README): the same normalize="cv" decisions, log-likelihoods within 4e-3 nats per
-row; 1.3-8x faster on 2 CPU cores (the least where sets are large and classes many), 8-51x on an H100.
+seeds each (bench/cv_check.py, docs/benchmarks.md): the same decisions, log-likelihoods within 4e-3 nats per row.
 """
 from __future__ import annotations
 
@@ -18,14 +17,13 @@ HISTORY = 10  # L-BFGS correction pairs, scipy's default
 ARMIJO = 1e-4  # sufficient decrease of the line search
 MAX_ITER = 500  # L-BFGS iterations at most, as the heads' scikit-learn checks had (LogisticRegression(max_iter=500))
 # cross_validated: from this many classes, where a step is bound by its matmuls, each fold trains on a copy of its
-# own rows rather than on all rows with weights (25% fewer flops). Measured on 2 CPU cores, 10 seeds: banking77's
-# 77 classes 25-35% faster at 64/class, 8% at 8/class; TREC-50's 50 classes within ±7% either way
+# own rows rather than on all rows with weights (25% fewer flops; docs/experiments.md has the measurements)
 SPLIT_CLASSES = 64
 
 # Inside, every array is class-major: weights theta (G, F, C, H + 1), each class's H weights then its intercept;
 # logits (G, F, C, n), rows last. The products then come out of the BLAS in the orientation it runs fastest
 # (few rows on the left: matmul.py), and the softmax runs over an axis before the rows', where torch's CPU kernel
-# is vectorised along the rows: 66 µs against 1.2 ms over a last axis of 6 classes, for TREC-6's 70 × 4 × 96 rows.
+# is vectorised along the rows (over a last axis of a few classes it runs a row at a time).
 
 
 def _objective(theta: torch.Tensor, Z: torch.Tensor, codes: torch.Tensor, w: torch.Tensor, absent: torch.Tensor,
@@ -36,7 +34,7 @@ def _objective(theta: torch.Tensor, Z: torch.Tensor, codes: torch.Tensor, w: tor
     reg (G, F) = 1 / (C n) (twice that for two classes) per problem.
 
     The (G, F, C, n) arrays are worked on in place, two new ones per call: with many classes each is several MB,
-    and a fresh one is mapped and faulted in page by page (banking77 at 16/class: 3.7 ms an element-wise pass)."""
+    and a fresh one would be mapped and faulted in page by page."""
     W, b = theta[..., :-1], theta[..., -1]
     logits = _logits(Z, W)  # (G, F, C, n), new
     logits += b[..., None]

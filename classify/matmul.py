@@ -1,10 +1,9 @@
 """The products the heads and the batched regressions spend their time in: many rows times a few columns.
 
 x (…, n, H) @ w (…, H, K) with K a handful (classes, members, folds × classes) reads x once and writes little;
-it is bound by reading x. BLAS libraries do not run every orientation of it equally well: the torch CPU wheel's
-MKL on an AMD EPYC (Zen 4) ran it 3-4x slower than the same product with the narrow matrix on the left,
-(wᵀ xᵀ)ᵀ, forward and backward (TREC-6 stacks: 28 × (384 × 384) @ (384 × 7) 4.5 ms against 1.5 ms; the
-weights' gradient xᵀ g 5.1 ms against 1.4 ms). Autograd differentiates the narrow-left form into the
+it is bound by reading x. BLAS libraries do not run every orientation of it equally well: on some CPUs the torch
+wheel's MKL runs it several times slower than the same product with the narrow matrix on the left, (wᵀ xᵀ)ᵀ,
+forward and backward (docs/benchmarks.md, "Many heads at once"). Autograd differentiates the narrow-left form into the
 narrow-left products too (gᵀ x for w's gradient), so writing the forward pass this way is enough. The batched
 regressions (logreg.py) keep their weights and logits class-major, which is this orientation without a transpose.
 """

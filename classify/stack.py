@@ -24,9 +24,8 @@ from finetext.classify.matmul import times_narrow
 # 4 labels per class; held, it stays near uniform with few labels and moves when the evidence is there.
 SELECTOR_L2 = 100.0
 # ScalarMix's members project every layer before mixing up to this many members × classes: each layer's product
-# widens with them, while mixing first reads the features once per member. One 5-member set of 4,096 rows, forward
-# and backward on 2 EPYC cores (ms, project first / mix first): 6 classes 16 / 72, 30 classes 62 / 74, 40 classes
-# 75 / 82, 50 classes 90 / 79, 77 classes 153 / 80 (banking77 on all its labels: 53 s mixing first, 79 projecting)
+# widens with them, while mixing first reads the features once per member (the crossover measured on 2 CPU cores
+# lies between 40 and 50 classes of 5 members: docs/benchmarks.md, "Scalar-mix ensembles")
 PROJECT_FIRST_COLUMNS = 200
 
 
@@ -63,10 +62,9 @@ class ScalarMixStack(torch.nn.Module):
 
     def _project_then_mix(self, x: torch.Tensor) -> torch.Tensor:
         """forward for several members, without dropout: (γ Σ_l a_l x_l) W = γ Σ_l a_l (x_l W), one product per
-        layer for every member's classifier, so x is read once per pass instead of mixed once per member (a
-        5-member stack of 4 sets × 384 rows, forward and backward: 18.6 → 6.4 ms). One member keeps the mix
-        first, which is as fast for large sets and faster for small ones; so do members × classes beyond
-        PROJECT_FIRST_COLUMNS. x (S, n, L, H) -> (S, M, n, C)"""
+        layer for every member's classifier, so x is read once per pass instead of mixed once per member. One
+        member keeps the mix first, which is as fast for large sets and faster for small ones; so do members ×
+        classes beyond PROJECT_FIRST_COLUMNS. x (S, n, L, H) -> (S, M, n, C)"""
         S, n, L, H = x.shape
         M, C = self.W.shape[1], self.W.shape[-1]
         w = self.W.permute(0, 2, 1, 3).reshape(S, 1, H, M * C).expand(-1, L, -1, -1)  # (S, L, H, M*C)
@@ -230,8 +228,7 @@ class _Training:
     def _gather(self, layers_first: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """layers_first (S, L, n, H)[:, :, rows], written into a buffer kept for minibatches of that size. A new
         tensor for each would cost more than the copy: 4,096 rows of MiniLM's 7 × 384 features are 44 MB, above
-        glibc's largest mmap threshold (32 MB), so each is mapped afresh and faults in every page (a gather 20 ms
-        against 5 ms into the kept buffer). Safe to reuse: a minibatch's step, backward included, is over before
+        glibc's largest mmap threshold (32 MB), so each would be mapped afresh and fault in every page. Safe to reuse: a minibatch's step, backward included, is over before
         the next one is gathered."""
         shape = (*layers_first.shape[:2], len(rows), layers_first.shape[-1])
         if shape not in self.gathered:

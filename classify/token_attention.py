@@ -20,8 +20,7 @@ from finetext.classify.stack import SELECTOR_L2, LayerAttentionStack
 
 # How many tokens' weighted states a_t·x_t are summed into their documents at once. The whole batch's (and its
 # gradient) is ~36 MB for 256 TREC questions: each step mapped such arrays afresh and faulted in every page. In
-# chunks they stay small and reused, with bitwise the same sums (index_add adds in token order either way): a
-# 726-question fit 7.1 → 2.8 s (EPYC).
+# chunks they stay small and reused, with bitwise the same sums (index_add adds in token order either way).
 TOKEN_CHUNK = 1024
 
 

@@ -24,8 +24,8 @@ def pool(hidden: Sequence[torch.Tensor], mask: torch.Tensor, method: str) -> tor
 
     hidden: every hidden state, embeddings first: a model's `hidden_states` (a sequence of (batch, seq, hidden)
         tensors) or the same stacked as one (layers, batch, seq, hidden) tensor. Layers are pooled one by
-        one: stacking them first costs a full copy, and one batched matmul per layer is ~30x faster on a
-        CPU than an einsum over the stack.
+        one: stacking them first costs a full copy, and one batched matmul per layer beats an einsum over the
+        stack on a CPU.
     mask: (batch, seq) attention mask, 1 for real tokens (special tokens included), 0 for padding.
     method: "mean" over the positions whose mask is 1 (as sentence-transformers does); "cls" the first
         real token; "last" the last real token (right for decoder-only models, either padding side);

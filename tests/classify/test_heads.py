@@ -96,6 +96,7 @@ def test_bf16_precision_trains_the_same_heads_up_to_rounding(Head, small_plans):
         Head(precision="fp16").fit(X, y)
 
 
+@pytest.mark.slow
 @parametrize_with_checks([LastLayerLogReg(), ScalarMix(), LayerAttention(), TokenLayerAttention()])
 def test_scikit_learn_estimator_checks(estimator, check):
     """scikit-learn's own checks, on its 2-D data (one layer per document; for the token head, one token): every

@@ -1,4 +1,4 @@
-"""The CLI driven in-process on real files; every option it has is in the README."""
+"""The CLI driven in-process on real files; its reference (docs/cli.md) is generated from the parser."""
 from __future__ import annotations
 
 import re
@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from finetext.pipeline.cli import build_parser, main
+from finetext.pipeline.cli_reference import markdown
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def all_options() -> dict[str, set[str]]:
@@ -20,12 +21,28 @@ def all_options() -> dict[str, set[str]]:
             for name, p in sub.choices.items()}
 
 
-def test_every_command_and_option_is_in_the_readme():
-    text = README.read_text()
-    for command, options in all_options().items():
-        assert f"finetext {command}" in text, f"`finetext {command}` is missing from the README"
+def test_docs_cli_is_the_parsers_help():
+    """docs/cli.md is generated from the parser: regenerate it with `python -m finetext.pipeline.cli_reference >
+    docs/cli.md` when this fails."""
+    text = (ROOT / "docs" / "cli.md").read_text()
+    if f"(Python {sys.version_info.major}.{sys.version_info.minor}'s argparse)" in text:
+        assert text == markdown()
+    for command, options in all_options().items():  # under any Python: every command, option and help text
+        assert f"## `finetext {command}`" in text, f"`finetext {command}` is missing from docs/cli.md"
         for option in options:
-            assert re.search(re.escape(option) + r"\b", text), f"{command} {option} is missing from the README"
+            assert re.search(re.escape(option) + r"\b", text), f"{command} {option} is missing from docs/cli.md"
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    helps = {" ".join(a.help.split()[:4]) for p in sub.choices.values() for a in p._actions if a.help}
+    flat = " ".join(text.split())
+    assert all(h in flat for h in helps), [h for h in helps if h not in flat]
+
+
+def test_the_readme_points_every_command_to_its_reference():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 200 and "docs/cli.md" in readme
+    for command in all_options():
+        assert f"finetext {command}" in readme or f"`{command}`" in readme, f"the README never names {command}"
 
 
 def test_extract_info_verify(tmp_path, small_csv, tiny_bert, capsys):
@@ -66,7 +83,7 @@ def test_the_parser_and_info_load_neither_torch_nor_scikit_learn(tmp_path, small
     probe = ("import sys; from finetext.pipeline.cli import build_parser, main; build_parser(); "
              f"assert main(['info', {str(cache)!r}]) == 0; print([m for m in {heavy!r} if m in sys.modules])")
     run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
-                         cwd=README.parent)
+                         cwd=ROOT)
     assert run.stdout.strip().splitlines()[-1] == "[]"
 
 

@@ -105,6 +105,7 @@ def test_sweep_refuses_caches_of_different_settings(tmp_path, bbc_cache, bbc_sli
     assert "different settings" in str(err.value) and "max_length: train 64, test 32" in str(err.value)
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_without_duplicate_rows(tmp_path, bbc_cache):
     out = tmp_path / "killed"
     args = ["sweep", "--train", str(bbc_cache), "--output", str(out), "--budgets", "1,2,3",
