@@ -44,6 +44,7 @@ class CorpusSpec:
     label_column: None reads an unlabeled corpus (labels are stored as -1).
     fallback_encoding: decode fields or files that are not valid UTF-8 with this codec instead of failing.
     skip_bad_rows: drop rows with empty, missing or undecodable text or a missing label, and count them.
+    require_labels: the reader needs labels (evaluation, fine-tuning), so errors do not offer --no-labels.
     """
 
     source: str
@@ -53,6 +54,7 @@ class CorpusSpec:
     id_column: str | None = None
     fallback_encoding: str | None = None
     skip_bad_rows: bool = False
+    require_labels: bool = False
 
     def __post_init__(self) -> None:
         if self.fallback_encoding is not None:
@@ -130,6 +132,7 @@ def resolve(spec: CorpusSpec) -> CorpusSpec:
             label_column="label",
             fallback_encoding=spec.fallback_encoding or "cp1252",  # sport/199.txt has a cp1252 pound sign
             skip_bad_rows=spec.skip_bad_rows,
+            require_labels=spec.require_labels,
         )
     return spec
 
@@ -234,6 +237,12 @@ _FIXES = {
 }
 
 
+def _fix(kind: str, spec: CorpusSpec) -> str:
+    if kind == "missing label" and spec.require_labels:
+        return "fill in the labels, or pass --skip-bad-rows"
+    return _FIXES[kind]
+
+
 def _decode(value: str, fallback: str | None) -> str | None:
     """The field as text; None when it holds bytes that are not UTF-8 and no fallback applies."""
     try:
@@ -254,7 +263,7 @@ def _check_columns(spec: CorpusSpec, raw: _RawRow) -> None:
     for role, column in wanted.items():
         if column is not None and column not in raw.fields:
             hint = f"--{role.replace(' ', '-')}-column NAME"
-            extra = " or --no-labels for an unlabeled corpus" if role == "label" else ""
+            extra = " or --no-labels for an unlabeled corpus" if role == "label" and not spec.require_labels else ""
             raise InputError(
                 f"{spec.source}: no {role} column {column!r} ({raw.where}); the columns are "
                 f"{', '.join(map(repr, available))}. Pass {hint}{extra}."
@@ -338,7 +347,7 @@ def scan(spec: CorpusSpec) -> CorpusSummary:
         )
     if problems.counts and not spec.skip_bad_rows:
         lines = [
-            f"  {kind}: {first_rows(problems.rows[kind], count)}. Fix: {_FIXES[kind]}."
+            f"  {kind}: {first_rows(problems.rows[kind], count)}. Fix: {_fix(kind, spec)}."
             for kind, count in problems.counts.items()
         ]
         raise InputError(f"{where}: {sum(problems.counts.values())} bad row(s)\n" + "\n".join(lines))

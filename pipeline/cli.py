@@ -83,6 +83,7 @@ def _extract(args: argparse.Namespace) -> int:
     if args.split and not (args.input in registry() and not Path(args.input).exists()):
         raise InputError(f"--split applies to registered datasets ({', '.join(registry())}), not {args.input!r}.")
     spec = asdict(_corpus_spec(args, args.input, args.split))
+    del spec["require_labels"]  # extract reads unlabelled corpora too
     result = extract_corpus(
         spec.pop("source"), args.output, **spec,
         model=args.model, revision=args.revision, poolings=args.pooling, max_length=args.max_length,
@@ -177,8 +178,9 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _corpus_spec(args: argparse.Namespace, source: str, split: str | None = None):
-    """A CorpusSpec from the shared corpus options; a registered dataset name reads its mirror."""
+def _corpus_spec(args: argparse.Namespace, source: str, split: str | None = None, require_labels: bool = False):
+    """A CorpusSpec from the shared corpus options; a registered dataset name reads its mirror. require_labels:
+    the command needs labels (evaluate, finetune)."""
     from pathlib import Path
 
     from finetext.extract import CorpusSpec
@@ -190,7 +192,8 @@ def _corpus_spec(args: argparse.Namespace, source: str, split: str | None = None
         columns |= options
     return CorpusSpec(source, text_column=columns["text_column"], text_pair_column=args.text_pair_column,
                       label_column=None if args.no_labels else columns["label_column"], id_column=args.id_column,
-                      fallback_encoding=args.fallback_encoding, skip_bad_rows=args.skip_bad_rows)
+                      fallback_encoding=args.fallback_encoding, skip_bad_rows=args.skip_bad_rows,
+                      require_labels=require_labels)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -199,7 +202,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from finetext.pipeline.workflows import evaluate_head
 
     label_map = json.loads(open(args.label_map).read()) if args.label_map else None
-    corpus = _corpus_spec(args, args.input, args.split or "test") if args.input else None
+    corpus = _corpus_spec(args, args.input, args.split or "test", require_labels=True) if args.input else None
     result = evaluate_head(args.head, args.cache, corpus=corpus, label_map=label_map,
                            output=args.output or args.head, device=args.device, normalize=args.normalize)
     print(f"accuracy {100 * result.accuracy:.2f}%  macro-F1 {100 * result.macro_f1:.2f}%  ({result.n_docs} documents)")
@@ -251,9 +254,9 @@ def _finetune(args: argparse.Namespace) -> int:
     from finetext.pipeline.registry import registry
 
     registered = args.input in registry() and not Path(args.input).exists()
-    train = read_corpus(_corpus_spec(args, args.input, args.split or "train"))
+    train = read_corpus(_corpus_spec(args, args.input, args.split or "train", require_labels=True))
     test_source = args.test or (args.input if registered and "test" in registry()[args.input].get("splits", {}) else None)
-    test = read_corpus(_corpus_spec(args, test_source, "test")) if test_source else None
+    test = read_corpus(_corpus_spec(args, test_source, "test", require_labels=True)) if test_source else None
     name = args.name or (args.input if registered else Path(args.input).stem)
     metrics = finetune([Task(name, train, test, args.budget)], args.output, model=args.model,
                        revision=args.revision, settings=_finetune_settings(args), progress=not args.quiet)

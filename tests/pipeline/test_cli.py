@@ -129,6 +129,8 @@ def caches(tmp_path, small_csv, tiny_bert):
         made[name] = tmp_path / f"{name}.h5"
         assert main(["extract", str(small_csv), "--model", str(tiny_bert), "-o", str(made[name]), "--quiet",
                      "--device", "cpu", *options]) == 0
+    made["unlabelled"] = tmp_path / "unlabelled.csv"
+    made["unlabelled"].write_text("text\nShares fell.\nThe match ended 2-1.\n")
     made["head"] = tmp_path / "head"
     assert main(["train", "--train", str(made["mean"]), "--head", "last-layer", "-o", str(made["head"]),
                  "--quiet"]) == 0
@@ -152,6 +154,8 @@ USER_ERRORS = {  # case -> (arguments, with {name} for a path of the `caches` fi
                                    "cannot be split into a stratified test fraction"),
     "a hidden state the cache lacks": (["train", "--train", "{mean}", "--layers", "99", "-o", "{tmp}/h"],
                                        "this cache has hidden states 0 to"),
+    "evaluate on a file without labels": (["evaluate", "--head", "{head}", "--input", "{unlabelled}"],
+                                          "no label column 'label'"),
     "an output under a file": (["train", "--train", "{mean}", "-o", "{mean}/h", "--head", "last-layer"],
                                "is a file, not a folder"),
 }
@@ -167,6 +171,7 @@ def test_every_error_a_user_can_cause_is_one_line_and_exit_2(case, caches, tmp_p
     err = capsys.readouterr().err
     assert err.startswith("finetext: error:") and err.count("\n") == 1 and said in err, err
     assert "fallback=" not in err and "Traceback" not in err
+    assert "--no-labels" not in err or args[0] == "extract"  # only extract has that option
 
 
 def test_a_reader_that_goes_away_ends_the_output_quietly(caches):
