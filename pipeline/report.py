@@ -26,6 +26,14 @@ def budget_key(budget: str) -> float:
     return float("inf") if budget == "all" else float(budget)
 
 
+def budget_label(budget: str, short: bool, per_class: bool = True) -> str:
+    """'16/class', '≤100/class' when some classes had fewer rows (their cells took all of them), '64 labels' for
+    a total budget, 'all'."""
+    if budget == "all":
+        return "all"
+    return f"{'≤' if short else ''}{budget}/class" if per_class else f"{budget} labels"
+
+
 def mean_ci(values: list[float]) -> tuple[float, float]:
     """Mean and half-width of the 95% confidence interval (Student's t; 0 for a single value)."""
     a = np.asarray(values, dtype=float)
@@ -65,10 +73,8 @@ def summary_table(summary: list[dict[str, Any]], cell: Callable[[dict[str, Any]]
     heads = list(dict.fromkeys(r["head"] for r in summary))
     budgets = sorted({r["budget"] for r in summary}, key=budget_key)
     rows = {(r["head"], r["budget"]): r for r in summary}
-    unit = "/class" if per_class else " labels"
-    capped = {r["budget"] for r in summary if r.get("short")}  # some classes had fewer rows: all of theirs taken
-    lines = [f"| {label} | " + " | ".join("all" if b == "all" else f"{'≤' if b in capped else ''}{b}{unit}"
-                                        for b in budgets) + " |",
+    capped = {r["budget"] for r in summary if r.get("short")}
+    lines = [f"| {label} | " + " | ".join(budget_label(b, b in capped, per_class) for b in budgets) + " |",
              "|---|" + "---|" * len(budgets)]
     for h in heads:
         lines.append(f"| {h} | " + " | ".join(cell(rows[h, b]) if (h, b) in rows else "" for b in budgets) + " |")
@@ -82,8 +88,7 @@ def labels_needed(summary: list[dict[str, Any]], within: tuple[float, ...] = (5,
     best = max(summary, key=lambda r: r["accuracy"])
 
     def labels(r: dict[str, Any]) -> str:
-        budget = "all" if r["budget"] == "all" else f"{r['budget']}/class" if per_class else None
-        return f"{r['n_train']:.0f}" + (f" ({budget})" if budget else "")
+        return f"{r['n_train']:.0f}" + (f" ({budget_label(r['budget'], r.get('short', False))})" if per_class else "")
 
     lines = [f"Labels needed: the fewest whose mean accuracy comes within k points of the best measured, "
              f"{100 * best['accuracy']:.1f}% ({best['head']}, {labels(best)}).", "",
