@@ -23,8 +23,9 @@ from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
 from finetext.classify.budget import stratified_folds
-from finetext.classify.features import check_features, check_known_labels, check_labels, normalization_stats, prepare, \
-    unit_length
+from finetext.classify.errors import HeadFormatError
+from finetext.classify.features import (NORMALIZATIONS, check_features, check_known_labels, check_labels,
+                                        normalization_stats, prepare, unit_length)
 from finetext.classify.kernel import MAP_KEYS, apply_map, rbf_map
 from finetext.classify.persist import SaveLoadMixin
 from finetext.classify.plan import Plan, plan_sets
@@ -303,6 +304,10 @@ class StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
         self.n_features_in_ = n_layers * hidden
         self.state_ = arrays
         self.normalization_ = {"linear": normalization} if isinstance(normalization, str) else dict(normalization)
+        unknown = {v for v in self.normalization_.values() if v not in NORMALIZATIONS}
+        if unknown or not set(self.normalization_) <= set(KERNELS):
+            raise HeadFormatError(f"config.json: normalization {normalization!r} is not one this finetext knows "
+                                  f"(parts {list(KERNELS)}, each one of {list(NORMALIZATIONS)}).")
         self.layer_weights_ = np.asarray(config["layer_weights"], dtype=np.float32)
 
     def _more_tags(self) -> dict[str, Any]:  # older scikit-learn
