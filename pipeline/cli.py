@@ -504,9 +504,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (InputError, CacheMismatchError, CacheFormatError, HeadFormatError) as exc:  # the user's input
         print(f"finetext: error: {exc}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # the reader went away (`finetext info x.h5 | head`): stop quietly
+    except BrokenPipeError:  # the reader went away (`finetext info x.h5 | head`): stop without a traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+        return 2
     except OSError as exc:  # a missing file, a full disk, a read-only folder: one line, not a traceback
         message = str(exc) if exc.filename is None and exc.strerror is None else os_error_line(exc)
         print(f"finetext: error: {message}", file=sys.stderr)

@@ -178,7 +178,7 @@ def test_a_reader_that_goes_away_ends_the_output_quietly(caches):
     run = subprocess.Popen([sys.executable, "-m", "finetext", "info", str(caches["mean"])], stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE)
     run.stdout.close()  # `finetext info c.h5 | head -0`
-    assert run.wait() == 1 and run.stderr.read() == b""
+    assert run.wait() == 2 and run.stderr.read() == b""
 
 
 def test_a_budget_above_a_class_warns_once_and_the_table_says_so(caches, tmp_path, capsys):
