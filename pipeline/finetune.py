@@ -89,11 +89,13 @@ def _head_module(kind: str, L: int, H: int, C: int, seed: int) -> torch.nn.Modul
 
 
 class FinetuneModel(torch.nn.Module):
-    """Encoder + one head per task; pooled hidden states (n, L, H) feed the task's head."""
+    """Encoder + one head per task; pooled hidden states (n, L, H) feed the task's head. Heads are held in a
+    ModuleList by position, so any task name works (a ModuleDict refuses names like `train` or `to`)."""
 
     def __init__(self, encoder: torch.nn.Module, heads: dict[str, torch.nn.Module], pooling: str) -> None:
         super().__init__()
-        self.encoder, self.heads, self.pooling = encoder, torch.nn.ModuleDict(heads), pooling
+        self.encoder, self.heads, self.pooling = encoder, torch.nn.ModuleList(heads.values()), pooling
+        self.tasks = {name: i for i, name in enumerate(heads)}
         first = next(iter(heads.values()))
         for head in list(heads.values())[1:]:  # the multi-task variant shares the layer selector
             for name in SELECTOR:
@@ -107,7 +109,10 @@ class FinetuneModel(torch.nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor], task: str, dropout: float = 0.0) -> torch.Tensor:
         """logits (n, C) for `task`."""
-        return self.heads[task](self.features(batch)[None], dropout if self.training else 0.0)[0, 0]
+        return self.head(task)(self.features(batch)[None], dropout if self.training else 0.0)[0, 0]
+
+    def head(self, task: str) -> torch.nn.Module:
+        return self.heads[self.tasks[task]]
 
 
 def _layer_blocks(encoder: torch.nn.Module, n_layers: int) -> torch.nn.ModuleList | None:
@@ -175,7 +180,7 @@ def predict_proba(model: FinetuneModel, task: str, tokens: Tokenized, device: to
     """(n, C) class probabilities and (n, L) weights over layers (uniform for a head without a selector)."""
     was = model.training
     model.eval()
-    head = model.heads[task]
+    head = model.head(task)
     proba, weights = None, None
     for rows in token_budget_batches(tokens.lengths, batch_tokens):
         with autocast():
@@ -349,7 +354,7 @@ def train_finetune(tasks: Sequence[Task], *, model: str | None = None, revision:
     for t in tasks:
         s = splits[t.name]
         _, weights = predict_proba(net, t.name, s.tokens.subset(s.train_rows[:1024]), device, autocast)  # mean weights
-        exports[t.name] = _export_head(net.heads[t.name], settings, t.classes, L, H, weights.mean(0))
+        exports[t.name] = _export_head(net.head(t.name), settings, t.classes, L, H, weights.mean(0))
         r = TaskResult(t.name, len(s.train_rows), len(s.val_rows), rows=s.corpus_rows.tolist())
         if validated:
             r.best_val_accuracy = max(h["val_accuracy"][t.name] for h in history)

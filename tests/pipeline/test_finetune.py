@@ -170,3 +170,19 @@ def test_multitask_cached_refuses_caches_of_other_settings(tiny_bert, tmp_path, 
     args = [f"one={paths['a']},{paths['a']}", f"two={paths['a']},{paths['b']}"]
     assert main(["multitask", *args, "--cached", "-o", str(tmp_path / "mt"), "-q"]) == 2
     assert "task two: its test cache was extracted with other settings" in capsys.readouterr().err
+
+
+def test_any_task_name_works_even_the_names_of_module_methods(tiny_bert, tmp_path, capsys):
+    names = ["train", "eval", "to", "forward"]  # attributes of torch.nn.Module: a ModuleDict refuses them as keys
+    tasks = [Task(name, _records(4, i), _records(2, 10 + i)) for i, name in enumerate(names)]
+    trained = train_finetune(tasks, model=str(tiny_bert), settings=FinetuneSettings(**{**FAST, "min_steps": 4}),
+                             progress=False)
+    assert [t["name"] for t in trained.metrics["tasks"]] == names
+    for name in names:
+        assert trained.predict_proba(name, _records(1, 99)).shape == (3, 3)
+    for split, n, seed in (("train", 8, 0), ("test", 3, 1)):  # the most common file name names the task `train`
+        write_csv(tmp_path / f"{split}.csv", [{"text": r.text, "label": r.label} for r in _records(n, seed)])
+    assert main(["finetune", str(tmp_path / "train.csv"), "--test", str(tmp_path / "test.csv"), "-o",
+                 str(tmp_path / "ft"), "--model", str(tiny_bert), "--device", "cpu", "--min-steps", "4",
+                 "--max-length", "32", "--quiet"]) == 0
+    assert "train: 24 training documents" in capsys.readouterr().out
