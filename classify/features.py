@@ -63,8 +63,8 @@ def check_labels(y: object, n_docs: int, owner: str) -> tuple[np.ndarray, np.nda
     check_classification_targets(y)
     classes, codes = np.unique(y, return_inverse=True)
     if len(classes) < 2:
-        raise ValueError(f"y: only one class ({np.asarray(classes).tolist()[0]!r}) in the training rows; a classifier needs at "
-                         "least two. Draw a budget that covers every class (sample_budget).")
+        raise ValueError(f"y: only one class ({np.asarray(classes).tolist()[0]!r}) in the training rows; a classifier "
+                         "needs at least two. Draw a budget that covers every class (sample_budget).")
     return classes, codes
 
 

@@ -118,7 +118,8 @@ def save_head(head: Any, directory: str | os.PathLike, feature_info: dict[str, A
 def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     """A saved head's config.json, checked to be one; every other folder or file is a HeadFormatError."""
     directory = Path(directory)
-    wrote = "pass the folder that `finetext train`, `finetune` or head.save(dir) wrote (config.json + weights.safetensors)"
+    wrote = ("pass the folder that `finetext train`, `finetune` or head.save(dir) wrote "
+             "(config.json + weights.safetensors)")
     if not directory.is_dir():
         what = "is a file, not a head folder" if directory.exists() else "does not exist"
         raise HeadFormatError(f"{directory} {what}; {wrote}.")

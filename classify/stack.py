@@ -228,8 +228,8 @@ class _Training:
     def _gather(self, layers_first: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """layers_first (S, L, n, H)[:, :, rows], written into a buffer kept for minibatches of that size. A new
         tensor for each would cost more than the copy: 4,096 rows of MiniLM's 7 × 384 features are 44 MB, above
-        glibc's largest mmap threshold (32 MB), so each would be mapped afresh and fault in every page. Safe to reuse: a minibatch's step, backward included, is over before
-        the next one is gathered."""
+        glibc's largest mmap threshold (32 MB), so each would be mapped afresh and fault in every page. Safe to
+        reuse: a minibatch's step, backward included, is over before the next one is gathered."""
         shape = (*layers_first.shape[:2], len(rows), layers_first.shape[-1])
         if shape not in self.gathered:
             self.gathered[shape] = layers_first.new_empty(shape)

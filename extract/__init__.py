@@ -13,19 +13,21 @@ _MODULES = {  # public name -> the module of this package that defines it
     "Cache": "cache", "POOLINGS": "cache", "describe_cache": "cache", "open_cache": "cache", "verify_cache": "cache",
     "CorpusSpec": "corpus", "iter_records": "corpus", "scan": "corpus",
     "CacheFormatError": "errors", "CacheMismatchError": "errors", "InputError": "errors",
+    "OutputBusyError": "errors",
     "pool": "pooling",
     "ExtractResult": "run", "ExtractSettings": "run", "extract_corpus": "run",
 }
 __all__ = [
     "Cache", "CacheFormatError", "CacheMismatchError", "CorpusSpec", "ExtractResult", "ExtractSettings",
-    "InputError", "POOLINGS", "describe_cache", "extract_corpus", "iter_records", "open_cache", "pool", "scan",
+    "InputError", "OutputBusyError", "POOLINGS", "describe_cache", "extract_corpus", "iter_records", "open_cache",
+    "pool", "scan",
     "verify_cache",
 ]
 
 if TYPE_CHECKING:
     from finetext.extract.cache import POOLINGS, Cache, describe_cache, open_cache, verify_cache
     from finetext.extract.corpus import CorpusSpec, iter_records, scan
-    from finetext.extract.errors import CacheFormatError, CacheMismatchError, InputError
+    from finetext.extract.errors import CacheFormatError, CacheMismatchError, InputError, OutputBusyError
     from finetext.extract.pooling import pool
     from finetext.extract.run import ExtractResult, ExtractSettings, extract_corpus
 

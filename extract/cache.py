@@ -70,6 +70,11 @@ class ShardStore:
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
 
+    @staticmethod
+    def discard(output: Path) -> None:
+        """Remove the shards of `output`, if any are left (the file they were for is published)."""
+        shutil.rmtree(partial_dir(output), ignore_errors=True)
+
 
 def _fsync(path: Path) -> None:
     with open(path, "rb+") as f:

@@ -10,6 +10,10 @@ class CacheMismatchError(RuntimeError):
     """An existing cache was built from another corpus or other settings than the ones asked for."""
 
 
+class OutputBusyError(RuntimeError):
+    """Another run is writing the same output (output_lock.py)."""
+
+
 class CacheFormatError(RuntimeError):
     """A file is not a finetext cache, or its contents fail verification."""
 

@@ -20,6 +20,7 @@ from finetext.extract.cache import FORMAT, POOLINGS, SCHEMA_VERSION, ShardStore,
 from finetext.extract.corpus import CorpusSpec, CorpusSummary, Record, iter_records, scan
 from finetext.extract.encoder import COMPUTE_DTYPES, ModelInfo, describe_model, load_model, resolve_device, resolve_model
 from finetext.extract.errors import CacheMismatchError, InputError
+from finetext.extract.output_lock import exclusive, remove_leftovers
 from finetext.extract.pooling import pool
 from finetext.extract.tokens import tokenize
 
@@ -240,6 +241,15 @@ def extract_corpus(
                                tokens, None if token_layers is None else tuple(token_layers), batch_tokens,
                                block_docs)
     check_output_path(output)
+    with exclusive(output):  # one writer per cache: a second run to it is refused at once
+        remove_leftovers(output)  # temporary files of runs that died publishing
+        return _extract(spec, settings, output, force, progress, start)
+
+
+def _extract(spec: CorpusSpec, settings: ExtractSettings, output: Path, force: bool, progress: bool,
+             start: float) -> ExtractResult:
+    """extract_corpus, holding the output's lock."""
+    model, revision = settings.model, settings.revision
     summary = scan(spec)  # validates every row before any model work
     info, tokenizer = describe_model(model, revision)
     length = _effective_max_length(settings, info)
@@ -248,6 +258,7 @@ def extract_corpus(
     fingerprints = {"corpus_fingerprint": summary.fingerprint, "settings_fingerprint": fingerprint(identity)}
 
     if _up_to_date(output, fingerprints, identity, force):
+        ShardStore.discard(output)  # a run killed while cleaning up after publishing left it
         return ExtractResult(output, "up to date", summary.n_docs, time.perf_counter() - start)
     if output.parent and not output.parent.exists():
         output.parent.mkdir(parents=True)
@@ -263,7 +274,7 @@ def extract_corpus(
         done_docs = sum(min(block_size, summary.n_docs - b * block_size) for b in range(n_blocks) if shards.done(b))
         todo = ((b, block) for b, block in enumerate(_blocks(iter_records(spec), block_size)) if not shards.done(b))
         with tqdm(total=summary.n_docs, initial=done_docs, unit="doc", disable=not progress,
-                  desc=f"extract {Path(input).name}", dynamic_ncols=True) as bar, \
+                  desc=f"extract {Path(spec.source).name}", dynamic_ncols=True) as bar, \
                 ThreadPoolExecutor(max_workers=1) as reader:
             rate = _TokenRate(bar)
             for b, tokenized in _prefetched(todo, encoder.tokenize, reader):

@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 
 from finetext.classify.errors import HeadFormatError
 from finetext.extract.cache import POOLINGS
-from finetext.extract.errors import CacheFormatError, CacheMismatchError, InputError
+from finetext.extract.errors import CacheFormatError, CacheMismatchError, InputError, OutputBusyError
 from finetext.pipeline.settings import CACHED_HEADS, FINETUNE_HEADS, PRECISIONS, FinetuneSettings
 
 HEAD_DEVICE_HELP = ("where scalar-mix and layer-attention train: cpu (default), cuda, cuda:N, mps or auto; "
@@ -501,7 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (InputError, CacheMismatchError, CacheFormatError, HeadFormatError) as exc:  # the user's input
+    except (InputError, CacheMismatchError, CacheFormatError, HeadFormatError, OutputBusyError) as exc:
         print(f"finetext: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # the reader went away (`finetext info x.h5 | head`): stop without a traceback

@@ -38,6 +38,7 @@ from finetext.extract.errors import InputError
 from finetext.extract.pooling import pool
 from finetext.extract.tokens import tokenize
 from finetext.pipeline.settings import FinetuneSettings
+from finetext.extract.output_lock import exclusive, remove_leftovers
 from finetext.pipeline.publish import check_output_folder
 from finetext.pipeline.sweep import budget_rows
 
@@ -274,8 +275,10 @@ def finetune(tasks: Sequence[Task], output: str | os.PathLike, *, model: str | N
     given), and the training seconds, epochs and per-epoch history.
     """
     check_output_folder(Path(output))
-    trained = train_finetune(tasks, model=model, revision=revision, settings=settings, progress=progress)
-    save_finetuned(trained, tasks, output)
+    with exclusive(output):  # one writer per result folder, from the start: training is the long part
+        remove_leftovers(Path(output))
+        trained = train_finetune(tasks, model=model, revision=revision, settings=settings, progress=progress)
+        save_finetuned(trained, tasks, output)
     return trained.metrics
 
 

@@ -16,7 +16,8 @@ from typing import Any, Sequence
 from finetext.extract import CorpusSpec, InputError, extract_corpus, open_cache
 from finetext.pipeline.finetune import Task, finetune, read_corpus
 from finetext.pipeline.settings import FinetuneSettings
-from finetext.pipeline.publish import publish_text
+from finetext.extract.output_lock import exclusive
+from finetext.pipeline.publish import check_output_folder, publish_text
 from finetext.pipeline.sweep import budget_rows
 
 
@@ -80,13 +81,15 @@ def run_multitask(tasks: Sequence[TaskSource], output: str | os.PathLike, *, cac
     if len({t.name for t in tasks}) != len(tasks) or len(tasks) < 2:
         raise InputError(f"multitask: give at least two tasks with distinct names, got {[t.name for t in tasks]}.")
     out = Path(output)
-    if cached:
-        rows, cells = _cached(tasks, out, budget, model, settings, compare, progress)
-    else:
-        rows, cells = _end_to_end(tasks, out, budget, model, settings, compare, progress)
-    metrics = {"mode": "cached" if cached else "end-to-end", "budget": budget, "seed": settings.seed,
-               "comparison": rows, "total_train_seconds": _totals(rows)}
-    _write(out, metrics, cells)
+    check_output_folder(out)
+    with exclusive(out):  # one writer per result folder
+        if cached:
+            rows, cells = _cached(tasks, out, budget, model, settings, compare, progress)
+        else:
+            rows, cells = _end_to_end(tasks, out, budget, model, settings, compare, progress)
+        metrics = {"mode": "cached" if cached else "end-to-end", "budget": budget, "seed": settings.seed,
+                   "comparison": rows, "total_train_seconds": _totals(rows)}
+        _write(out, metrics, cells)
     return metrics
 
 

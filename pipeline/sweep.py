@@ -26,6 +26,7 @@ from finetext.classify import LastLayerLogReg, LayerAttention, PoolPrior, Scalar
 from finetext.classify.heads import training_device
 from finetext.classify.pool_prior import prior_helps
 from finetext.extract import InputError, open_cache
+from finetext.extract.output_lock import exclusive
 from finetext.pipeline.publish import check_output_folder, publish_text
 
 HEADS = {"last-layer": LastLayerLogReg, "scalar-mix": ScalarMix, "layer-attention": LayerAttention}
@@ -307,10 +308,19 @@ def run_sweep(config: SweepConfig, progress: bool = True, replace_other: bool = 
     progress: one bar over the grid's cells; verbose: also each stack's bar over its epochs.
     replace_other: start over when the folder holds another sweep's results (else that is an error).
     """
+    out = Path(config.output)
+    check_output_folder(out)
+    with exclusive(out):  # one writer per sweep folder: a second sweep into it is refused at once
+        for leftover in out.glob(".*.tmp"):  # files a killed run was publishing
+            leftover.unlink()
+        return _run_sweep(config, progress, replace_other, verbose)
+
+
+def _run_sweep(config: SweepConfig, progress: bool, replace_other: bool, verbose: bool) -> Path:
+    """run_sweep, holding the output folder's lock."""
     from finetext.pipeline.report import write_report
 
     out = Path(config.output)
-    check_output_folder(out)
     data = load_data(config)
     out.mkdir(parents=True, exist_ok=True)
     provenance = {

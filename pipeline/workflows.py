@@ -15,6 +15,7 @@ from finetext.classify import PoolPrior, check_feature_source, load_head, save_h
 from finetext.classify.pool_prior import prior_helps
 from finetext.classify.persist import load_arrays
 from finetext.extract import CorpusSpec, InputError, extract_corpus, iter_records, open_cache, scan
+from finetext.extract.output_lock import exclusive, remove_leftovers
 from finetext.pipeline.publish import check_output_folder, publish
 from finetext.pipeline.sweep import (AUTO_PRIOR_HEADS, HEADS, SweepConfig, budget_rows, check_device, check_pool_prior,
                             make_head, prior_power, run_sweep)
@@ -42,6 +43,15 @@ def train_head(train: str, head: str, output: str, *, budget: int | None = None,
     check_device(device)
     check_pool_prior(pool_prior)
     check_output_folder(Path(output))
+    with exclusive(output):  # one writer per head folder
+        remove_leftovers(Path(output))
+        return _train_head(train, head, output, budget, seed, pooling, layers, params, device, progress, pool_prior)
+
+
+def _train_head(train: str, head: str, output: str, budget: int | None, seed: int, pooling: str,
+                layers: Sequence[int] | None, params: dict[str, Any] | None, device: str, progress: bool,
+                pool_prior: float | str | None) -> Path:
+    """train_head, holding the output's lock."""
     with open_cache(train) as cache:
         X = cache.features(pooling, layers=layers)
         y = cache.label_strings()

@@ -1,0 +1,73 @@
+"""One writer per output: an exclusive lock held while a command writes a cache, a sweep or a head.
+
+The lock is `fcntl.flock` on a small file beside the output (`.NAME.lock`, holding the writer's pid and command),
+so the kernel releases it when the process ends, however it ends (SIGKILL included): a dead run never blocks the
+next. A second writer to the same output is refused at once (OutputBusyError), naming the output and the process
+that holds it. While it holds the lock, a writer may remove what dead runs left beside the output
+(remove_leftovers): no live process can own it.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from finetext.extract.errors import OutputBusyError
+
+
+def lock_path(output: Path) -> Path:
+    return output.with_name(f".{output.name}.lock")
+
+
+@contextmanager
+def exclusive(output: str | os.PathLike) -> Iterator[Path]:
+    """Hold the lock of `output` (a file or folder, which need not exist yet) for the `with` block."""
+    output = Path(output)
+    path = lock_path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read(fd)
+            os.close(fd)
+            raise OutputBusyError(f"{output} is being written by another run ({holder}); wait for it to finish, "
+                                  "or choose another output.") from None
+        try:  # the holder before us may have removed the file between our open and our lock: lock the current one
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()}: {' '.join(sys.argv[:2]) or 'python'}".encode())
+        yield path
+    finally:
+        path.unlink(missing_ok=True)  # before unlocking: a later writer then locks a new file, never this one
+        os.close(fd)
+
+
+def _read(fd: int) -> str:
+    try:
+        return os.pread(fd, 200, 0).decode(errors="replace").strip() or "pid unknown"
+    except OSError:
+        return "pid unknown"
+
+
+def remove_leftovers(output: Path) -> None:
+    """Remove what interrupted runs left beside `output`: temporary files and staging folders named after it
+    (`.NAME.*.tmp`, `.NAME.*` folders). Call only while holding its lock."""
+    for path in output.parent.glob(f".{output.name}.*"):
+        if path == lock_path(output):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
