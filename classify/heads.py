@@ -303,6 +303,8 @@ class StackHead(SaveLoadMixin, ClassifierMixin, BaseEstimator):
         self.n_layers_, self.hidden_size_ = n_layers, hidden
         self.n_features_in_ = n_layers * hidden
         self.state_ = arrays
+        if "linear" not in self._parts():
+            raise HeadFormatError("weights.safetensors: no linear part (its 'b' array is missing).")
         self.normalization_ = {"linear": normalization} if isinstance(normalization, str) else dict(normalization)
         unknown = {v for v in self.normalization_.values() if v not in NORMALIZATIONS}
         if unknown or not set(self.normalization_) <= set(KERNELS):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Self
@@ -15,6 +16,11 @@ from sklearn.utils.validation import check_is_fitted
 from finetext.classify.errors import HeadFormatError
 
 FORMAT = "finetext-head"
+MAX_CONFIG_BYTES = 64 << 20  # config.json: the class names dominate
+MAX_ARRAY_BYTES = 16 << 30  # weights.safetensors and the arrays saved beside it
+MAX_CLASSES = 100_000
+MAX_LAYERS, MAX_HIDDEN = 4096, 1 << 20
+ENCODER_DIRS = ("encoder", "../encoder")  # where finetext writes a fine-tuned encoder: in the head, or shared beside
 DISPLAY_PARAMS = ("verbose",)  # how a fit shows its progress, not what it learned: never saved
 VERSION = 1
 
@@ -124,11 +130,12 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
         what = "is a file, not a head folder" if directory.exists() else "does not exist"
         raise HeadFormatError(f"{directory} {what}; {wrote}.")
     path = directory / "config.json"
+    if not path.exists() and not path.is_symlink():
+        raise HeadFormatError(f"{directory} has no config.json, so it is not a saved head; {wrote}.")
+    check_regular_file(path, directory, MAX_CONFIG_BYTES)
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise HeadFormatError(f"{directory} has no config.json, so it is not a saved head; {wrote}.") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise HeadFormatError(f"{path}: not valid JSON ({exc}); {wrote}.") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         if isinstance(config, dict) and ("model_type" in config or "architectures" in config):
@@ -137,19 +144,90 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
                                   f"fine-tune it with `finetext finetune --model {directory}`.")
         raise HeadFormatError(f"{path}: not a finetext head (format "
                               f"{config.get('format') if isinstance(config, dict) else None!r}); {wrote}.")
-    if config.get("version", 0) > VERSION:
-        raise HeadFormatError(f"{path}: head format version {config['version']} is newer than this finetext "
-                              f"reads ({VERSION}); upgrade finetext.")
+    if not isinstance(config.get("version", 0), int) or config.get("version", 0) > VERSION:
+        raise HeadFormatError(f"{path}: head format version {config.get('version')!r} is not one this finetext "
+                              f"reads (up to {VERSION}); upgrade finetext, or train the head again.")
+    _check_config(path, config)
     return config
+
+
+def _check_config(path: Path, config: dict[str, Any]) -> None:
+    """The fields every head's config.json has, with types and bounds; a fine-tuned encoder only where finetext
+    writes one."""
+    def bad(field: str, expected: str) -> HeadFormatError:
+        shown = repr(config.get(field))
+        return HeadFormatError(f"{path}: {field} should be {expected}, got {shown[:80]}"
+                               f"{'...' if len(shown) > 80 else ''}. The file was changed after finetext wrote "
+                               "it: train the head again.")
+
+    for field, limit in (("n_layers", MAX_LAYERS), ("hidden_size", MAX_HIDDEN)):
+        value = config.get(field)
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= limit:
+            raise bad(field, f"a whole number from 1 to {limit}")
+    classes = config.get("classes")
+    if (not isinstance(classes, list) or not 2 <= len(classes) <= MAX_CLASSES
+            or not all(isinstance(c, (str, int, float)) and not isinstance(c, bool) for c in classes)
+            or len(set(classes)) != len(classes)):
+        raise bad("classes", f"a list of 2 to {MAX_CLASSES} distinct class names")
+    for field in ("params", "feature_info"):
+        if not isinstance(config.get(field, {}), dict):
+            raise bad(field, "an object")
+    encoder = (config.get("feature_info") or {}).get("encoder_dir")
+    if encoder is not None and encoder not in ENCODER_DIRS:
+        raise bad("feature_info", f"an object whose encoder_dir is one of {ENCODER_DIRS}")
+
+
+def check_regular_file(path: Path, directory: Path, limit: int) -> None:
+    """Refuse before opening: anything but a regular file (a FIFO would hang a reader, a device would never end),
+    a link that leaves `directory`, or a file over `limit` bytes."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise HeadFormatError(f"{path}: no such file; the head folder is incomplete: train the head again.") from None
+    if stat.S_ISLNK(st.st_mode):
+        target = path.resolve()
+        if not target.is_relative_to(directory.resolve()):
+            raise HeadFormatError(f"{path} links to {target}, outside the head folder; a head folder holds its own "
+                                  "files: copy them in, or train the head again.")
+        st = os.stat(target)
+    if not stat.S_ISREG(st.st_mode):
+        raise HeadFormatError(f"{path} is not a regular file (a FIFO, device or folder); a head folder holds "
+                              "regular files only: train the head again.")
+    if st.st_size > limit:
+        raise HeadFormatError(f"{path} is {st.st_size:,} bytes, more than a head's {limit:,}; it is not a file "
+                              "finetext wrote: train the head again.")
+
+
+def read_arrays(path: Path, directory: Path) -> dict[str, np.ndarray]:
+    """A safetensors file of a head folder, checked first (check_regular_file) and after: finite numbers only."""
+    check_regular_file(path, directory, MAX_ARRAY_BYTES)
+    try:
+        arrays = load_file(str(path))
+    except Exception as exc:  # safetensors raises its own errors for a damaged header or truncated data
+        raise HeadFormatError(f"{path}: not a readable safetensors file ({exc}); train the head again.") from None
+    for key, value in arrays.items():
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise HeadFormatError(f"{path}: {key} holds NaN or infinite values; train the head again.")
+    return arrays
 
 
 def rebuild(cls: type, directory: str | os.PathLike, config: dict[str, Any]) -> Any:
     """A `cls` head from a folder whose config.json (read_config) names that class. Parameters this finetext no
     longer has are left out: what a fitted head computes is in its arrays and config, not in them."""
+    directory = Path(directory)
     known = set(cls._get_param_names())
-    head = cls(**{k: _unparam(v) for k, v in config["params"].items() if k in known})
-    arrays = load_file(str(Path(directory) / "weights.safetensors"))
-    head.import_state(np.array(config["classes"]), config["n_layers"], config["hidden_size"], arrays, config)
+    arrays = read_arrays(directory / "weights.safetensors", directory)
+    L, H = config["n_layers"], config["hidden_size"]
+    try:
+        head = cls(**{k: _unparam(v) for k, v in config.get("params", {}).items() if k in known})
+        head.import_state(np.array(config["classes"]), L, H, arrays, config)
+        head.predict_proba(np.zeros((1, L, H), np.float32))  # every array's shape against the classes and layers
+    except HeadFormatError as exc:  # import_state names the file ("config.json: ..."): put the folder before it
+        raise HeadFormatError(f"{directory}/{exc}") from None
+    except Exception as exc:  # a wrong shape, a missing array or a bad parameter, in whichever form it surfaces
+        raise HeadFormatError(f"{directory}: weights.safetensors and config.json do not describe one "
+                              f"{cls.__name__} ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); train the head "
+                              "again.") from None
     head.feature_info_ = config.get("feature_info", {})
     return head
 
@@ -157,10 +235,10 @@ def rebuild(cls: type, directory: str | os.PathLike, config: dict[str, Any]) -> 
 def load_arrays(directory: str | os.PathLike, name: str) -> dict[str, np.ndarray]:
     """Arrays saved beside a head with save_head(..., extra_arrays={name: ...})."""
     path = Path(directory) / f"{name}.safetensors"
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         raise HeadFormatError(f"{path}: no such file, but the head's config.json says its features need it. The "
-                                "folder is incomplete: train the head again (finetext train).")
-    return load_file(str(path))
+                              "folder is incomplete: train the head again (finetext train).")
+    return read_arrays(path, Path(directory))
 
 
 def check_feature_source(feature_info: dict[str, Any], cache_meta: dict[str, Any], cache_name: str = "the cache") -> None:

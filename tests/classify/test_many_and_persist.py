@@ -152,7 +152,8 @@ def test_how_a_fit_showed_its_progress_is_not_saved(tmp_path):
 def test_loading_refuses_what_is_not_a_head(tmp_path):
     with pytest.raises(HeadFormatError, match="config.json"):
         load_head(tmp_path)
-    (tmp_path / "config.json").write_text(json.dumps({"format": "finetext-head", "version": 1, "class": "os.system"}))
+    (tmp_path / "config.json").write_text(json.dumps({"format": "finetext-head", "version": 1, "class": "os.system",
+                                                      "n_layers": 2, "hidden_size": 4, "classes": ["a", "b"]}))
     with pytest.raises(HeadFormatError, match="unknown head class 'os.system'"):
         load_head(tmp_path)
 
