@@ -233,6 +233,8 @@ _FIXES = {
     "bytes that are not UTF-8": "re-save the file as UTF-8, pass --fallback-encoding cp1252 (or the file's "
     "codec), or pass --skip-bad-rows",
     "missing label": "fill in the labels, pass --no-labels for an unlabeled corpus, or pass --skip-bad-rows",
+    "a label that is a list, an object or NaN": "give each row one class name (a string or a number), or pass "
+    "--skip-bad-rows to drop those rows",
     "duplicate id": "make the ids unique, or leave out --id-column to use row numbers",
 }
 
@@ -241,6 +243,14 @@ def _fix(kind: str, spec: CorpusSpec) -> str:
     if kind == "missing label" and spec.require_labels:
         return "fill in the labels, or pass --skip-bad-rows"
     return _FIXES[kind]
+
+
+def _is_label(value: object) -> bool:
+    """One class name: a string or a number, not a list or object (a multi-label row), and not NaN in any spelling
+    (a missing value that a spreadsheet or pandas wrote out)."""
+    if isinstance(value, (list, dict)) or (isinstance(value, float) and value != value):
+        return False
+    return not (isinstance(value, str) and value.strip().lower() in ("nan", "-nan", "+nan"))
 
 
 def _decode(value: str, fallback: str | None) -> str | None:
@@ -291,6 +301,9 @@ def iter_records(spec: CorpusSpec, problems: _Problems | None = None) -> Iterato
             if value is None or (role != "text" and isinstance(value, str) and not value.strip()):
                 values[role] = None
                 continue
+            if role == "label" and not _is_label(value):
+                bad = "a label that is a list, an object or NaN"
+                break
             value = value if isinstance(value, str) else json.dumps(value) if role != "label" else str(value)
             decoded = _decode(value, spec.fallback_encoding)
             if decoded is None:
@@ -299,7 +312,7 @@ def iter_records(spec: CorpusSpec, problems: _Problems | None = None) -> Iterato
         if bad is None:
             if values["text"] is None:
                 bad = "missing text"
-            elif not values["text"].strip():
+            elif not values["text"].replace("\x00", "").strip():
                 bad = "empty or whitespace-only text"
             elif label_column is not None and values["label"] is None:
                 bad = "missing label"

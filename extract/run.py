@@ -22,7 +22,7 @@ from finetext.extract.encoder import COMPUTE_DTYPES, ModelInfo, describe_model, 
 from finetext.extract.errors import CacheMismatchError, InputError
 from finetext.extract.output_lock import exclusive, remove_leftovers
 from finetext.extract.pooling import pool
-from finetext.extract.tokens import tokenize
+from finetext.extract.tokens import check_max_length, tokenize
 
 STORAGE_DTYPES = ("float16", "float32")
 
@@ -253,6 +253,7 @@ def _extract(spec: CorpusSpec, settings: ExtractSettings, output: Path, force: b
     summary = scan(spec)  # validates every row before any model work
     info, tokenizer = describe_model(model, revision)
     length = _effective_max_length(settings, info)
+    check_max_length(length, tokenizer, spec.text_pair_column is not None, info.model_id)
     layers_kept = _token_layers(settings, info.n_layers)
     identity = settings_identity(settings, info, length, info.n_layers)
     fingerprints = {"corpus_fingerprint": summary.fingerprint, "settings_fingerprint": fingerprint(identity)}

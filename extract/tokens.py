@@ -8,6 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from finetext.extract.corpus import Record
+from finetext.extract.errors import InputError
 
 CHARS_PER_TOKEN_CAP = 32  # texts are cut to max_length * 32 characters before tokenising: bounded memory
 # A fast tokenizer first sees a tighter cut (English runs at ~4.5 characters per token); a document is tokenised
@@ -15,6 +16,17 @@ CHARS_PER_TOKEN_CAP = 32  # texts are cut to max_length * 32 characters before t
 TIGHT_CHARS_PER_TOKEN = 6
 LOCALITY_MARGIN = 64
 _NON_SPACE = re.compile(r"\S")
+
+
+def check_max_length(max_length: int, tokenizer, pairs: bool, model: str) -> None:
+    """Refuse a max_length that leaves no room for text: below the model's special tokens plus one token of text
+    (of each text, for pairs), every document would be its special tokens alone, or untruncated past the limit."""
+    special = tokenizer.num_special_tokens_to_add(pair=pairs)
+    least = special + (2 if pairs else 1)
+    if max_length < least:
+        raise InputError(f"--max-length {max_length} leaves no room for text: {model} adds {special} special tokens "
+                         f"to every {'pair' if pairs else 'document'}, so the least that keeps any text is {least}. "
+                         f"Use --max-length {least} or more (longer documents are truncated and flagged).")
 
 
 def tokenize(tokenizer, block: Sequence[Record], max_length: int,

