@@ -8,6 +8,7 @@ for writing.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -20,7 +21,11 @@ import numpy as np
 from finetext.extract.errors import CacheFormatError, CacheMismatchError, InputError
 
 FORMAT = "finetext-cache"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the checksums attribute; version-1 caches are read, their metadata unchecked
+FEATURES_VERSION = 1  # how features are computed and laid out: part of a cache's settings fingerprint
+# what h5py raises, in one form or another, when HDF5's own structures in a file are damaged
+DAMAGED = (OSError, RuntimeError, ValueError, KeyError, TypeError, UnicodeDecodeError)
+CHECKSUMS = "checksums"  # JSON: name -> sha256 of every other attribute, the label names, the ids and the labels
 POOLINGS = ("mean", "cls", "last", "max")  # the pooled arrays a cache can hold, features/<pooling>, in this order
 CHUNK_BYTES = 1 << 20  # ~1 MiB chunks: small enough for row subsets, large enough for fast scans
 _JSON_ATTRS = ("poolings", "token_layers", "library_versions", "corpus", "skipped", "settings")
@@ -107,10 +112,14 @@ def write_cache(
     first = shards.load(0)
     poolings = attrs["poolings"]
     tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    stored = {key: json.dumps(value) if key in _JSON_ATTRS else ("" if value is None else value)
+              for key, value in attrs.items()}
+    sums = checksums(stored, list(label_names), ids, labels)
     try:
         with h5py.File(tmp, "w") as f:
-            for key, value in attrs.items():
-                f.attrs[key] = json.dumps(value) if key in _JSON_ATTRS else ("" if value is None else value)
+            for key, value in stored.items():
+                f.attrs[key] = value
+            f.attrs[CHECKSUMS] = json.dumps(sums, sort_keys=True)
             feats = f.create_group("features")
             dsets = {}
             for name in poolings:
@@ -159,6 +168,68 @@ def write_cache(
             tmp.unlink()
 
 
+# --- checksums over the metadata ---------------------------------------------------------------------------
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _strings(values: Iterable[str]) -> bytes:
+    """Length-prefixed UTF-8: no two different lists encode alike."""
+    out = bytearray()
+    for value in values:
+        data = value.encode("utf-8", errors="surrogateescape")
+        out += len(data).to_bytes(8, "little") + data
+    return bytes(out)
+
+
+def checksums(stored: dict[str, Any], label_names: Sequence[str], ids: Sequence[str] | None = None,
+              labels: np.ndarray | None = None) -> dict[str, str]:
+    """name -> sha256 of each attribute as stored (JSON text for the structured ones), "label_names" and, when
+    given, "ids" and "labels". Every byte that changes what a cache means is covered: its features by HDF5's
+    fletcher32 chunks, the rest by these."""
+    sums = {f"attr:{key}": _sha(json.dumps(value, sort_keys=True).encode()) for key, value in stored.items()}
+    sums["label_names"] = _sha(_strings(label_names))
+    if ids is not None:
+        sums["ids"] = _sha(_strings(ids))
+    if labels is not None:
+        sums["labels"] = _sha(np.ascontiguousarray(labels, dtype="<i4").tobytes())
+    return sums
+
+
+def _stored_attrs(f: h5py.File) -> dict[str, Any]:
+    return {key: value.item() if isinstance(value, np.generic) else value
+            for key, value in f.attrs.items() if key != CHECKSUMS}
+
+
+def check_checksums(f: h5py.File, path: Path, rows: bool) -> bool:
+    """Compare the cache's checksums with its contents: the attributes and label names always, the ids and labels
+    when `rows` (they are large: verify reads them). A mismatch is a CacheFormatError naming what differs. False
+    for a version-1 cache, which has none."""
+    if CHECKSUMS not in f.attrs:
+        if f.attrs.get("schema_version") != 1:  # a version-2 file lost it (or the version itself was changed)
+            raise CacheFormatError(f"{path}: its checksums attribute is missing, though schema version "
+                                   f"{f.attrs.get('schema_version')!r} records one. The file was changed after "
+                                   "finetext wrote it; rebuild it with `finetext extract --force`.")
+        return False
+    fix = "The file was changed after finetext wrote it; rebuild it with `finetext extract --force`."
+    try:
+        recorded = json.loads(f.attrs[CHECKSUMS])
+    except (TypeError, ValueError):
+        raise CacheFormatError(f"{path}: its checksums attribute is not valid JSON. {fix}") from None
+    names = [s.decode() if isinstance(s, bytes) else s for s in f["label_names"][()]] if "label_names" in f else []
+    ids = [s.decode(errors="surrogateescape") for s in f["ids"][()]] if rows and "ids" in f else None
+    labels = f["labels"][()] if rows and "labels" in f else None
+    actual = checksums(_stored_attrs(f), names, ids, labels)
+    asked = {k for k in recorded if rows or k not in ("ids", "labels")}
+    differ = sorted(k.removeprefix("attr:") for k in asked | {k for k in actual if k.startswith("attr:")}
+                    if recorded.get(k) != actual.get(k))
+    if differ:
+        raise CacheFormatError(f"{path}: {', '.join(differ)} {'does' if len(differ) == 1 else 'do'} not match the "
+                               f"checksum recorded when it was written. {fix}")
+    return True
+
+
 # --- reading --------------------------------------------------------------------------------------------
 
 def read_attrs(path: Path) -> dict[str, Any]:
@@ -177,11 +248,13 @@ def _decode_attrs(f: h5py.File) -> dict[str, Any]:
             f"{FORMAT!r}). Build one with `finetext extract`."
         )
     meta: dict[str, Any] = {}
-    for key, value in f.attrs.items():
-        if isinstance(value, np.generic):
-            value = value.item()
+    for key, value in _stored_attrs(f).items():
         if key in _JSON_ATTRS:
-            value = json.loads(value)
+            try:
+                value = json.loads(value)
+            except (TypeError, ValueError):
+                raise CacheFormatError(f"{f.filename}: attribute {key!r} is not valid JSON. The file was changed "
+                                       "after finetext wrote it; rebuild it with `finetext extract --force`.") from None
         meta[key] = value
     if meta.get("schema_version", 0) > SCHEMA_VERSION:
         raise CacheFormatError(
@@ -217,7 +290,19 @@ class Cache:
             self._file = h5py.File(self.path, "r")
         except OSError as exc:
             raise CacheFormatError(f"{self.path}: not a readable HDF5 file ({exc}).") from None
-        self.meta: dict[str, Any] = _decode_attrs(self._file)
+        try:
+            self.meta: dict[str, Any] = _decode_attrs(self._file)
+            self.checked = check_checksums(self._file, self.path, rows=False)  # attributes and label names
+        except CacheFormatError:
+            self._file.close()
+            raise
+        except DAMAGED as exc:
+            self._file.close()
+            raise CacheFormatError(f"{self.path}: the file is damaged ({' '.join(str(exc).split())[:160]}); rebuild "
+                                   "it with `finetext extract --force`.") from None
+        except BaseException:
+            self._file.close()
+            raise
 
     def __enter__(self) -> "Cache":
         return self
@@ -309,6 +394,16 @@ def verify_cache(path: str | os.PathLike) -> list[str]:
     Returns a list of findings, one line each; raises CacheFormatError on the first failure.
     """
     path = Path(path)
+    try:
+        return _verify(path)
+    except CacheFormatError:
+        raise
+    except DAMAGED as exc:
+        raise CacheFormatError(f"{path}: the file is damaged ({' '.join(str(exc).split())[:160]}); rebuild it with "
+                               "`finetext extract --force`.") from None
+
+
+def _verify(path: Path) -> list[str]:
     found: list[str] = []
     with open_cache(path) as cache:
         f = cache._file
@@ -355,7 +450,13 @@ def verify_cache(path: str | os.PathLike) -> list[str]:
                 raise CacheFormatError(f"{path}: tokens/offsets are not increasing from 0 to the token count.")
             if not np.array_equal(np.diff(offsets), cache.n_tokens):
                 raise CacheFormatError(f"{path}: token offsets disagree with n_tokens.")
-        found.append(f"ok: {n} documents, {len(datasets)} datasets read, every checksum matches")
+        if check_checksums(f, Path(path), rows=True):
+            found.append(f"ok: {n} documents, {len(datasets)} datasets read, every checksum matches (features, "
+                         "attributes, label names, ids and labels)")
+        else:
+            found.append(f"ok: {n} documents, {len(datasets)} datasets read, every feature checksum matches; "
+                         f"warning: schema v{meta.get('schema_version')} records no checksums of its metadata, "
+                         "which is unchecked (`finetext extract --force` rebuilds it with them)")
     return found
 
 

@@ -16,7 +16,8 @@ import torch
 from tqdm.auto import tqdm
 
 from finetext.extract.batching import pad_right, token_budget_batches
-from finetext.extract.cache import FORMAT, POOLINGS, SCHEMA_VERSION, ShardStore, partial_dir, read_attrs, write_cache
+from finetext.extract.cache import (FEATURES_VERSION, FORMAT, POOLINGS, SCHEMA_VERSION, ShardStore, partial_dir,
+                                    read_attrs, write_cache)
 from finetext.extract.corpus import CorpusSpec, CorpusSummary, Record, iter_records, scan
 from finetext.extract.encoder import COMPUTE_DTYPES, ModelInfo, describe_model, load_model, resolve_device, resolve_model
 from finetext.extract.errors import CacheMismatchError, InputError
@@ -98,7 +99,7 @@ def _finetext_version() -> str:
 def settings_identity(settings: ExtractSettings, info: ModelInfo, max_length: int, n_layers: int) -> dict:
     """Everything that changes the cached numbers; its sha256 is the settings fingerprint."""
     return {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": FEATURES_VERSION,  # the features' version: caches of schema 1 and 2 hold the same numbers
         # a local model is its weights; a hub model is its name at a revision
         "model": info.weights_sha256 or [info.model_id, info.revision],
         "tokenizer": info.tokenizer_sha256,

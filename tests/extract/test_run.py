@@ -22,7 +22,7 @@ def test_cache_matches_the_model_and_reads_with_plain_h5py(tmp_path, small_csv, 
                  batch_tokens=40)
     assert result.status == "created" and not partial_dir(out).exists()
     with h5py.File(out, "r") as f:  # the documented layout, no finetext involved
-        assert f.attrs["format"] == "finetext-cache" and f.attrs["schema_version"] == 1
+        assert f.attrs["format"] == "finetext-cache" and f.attrs["schema_version"] == 2
         assert f["features/mean"].shape == (10, 3, 32)
         assert sorted(f["features"]) == ["cls", "last", "max", "mean"]
         names = [s.decode() for s in f["label_names"][()]]
