@@ -8,6 +8,7 @@ for writing.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -64,9 +65,14 @@ class ShardStore:
 
     def save(self, block: int, arrays: dict[str, np.ndarray]) -> None:
         tmp = self.dir / f".block-{block:06d}.{os.getpid()}.tmp.npz"
-        np.savez(tmp, **arrays)
-        _fsync(tmp)
-        os.replace(tmp, self.path(block))
+        check_free_space(tmp, sum(a.nbytes for a in arrays.values()) + SLACK_BYTES, f"block {block}")
+        try:
+            np.savez(tmp, **arrays)
+            _fsync(tmp)
+            os.replace(tmp, self.path(block))
+        except OSError as exc:  # name the file (numpy does not), and leave no half block behind
+            tmp.unlink(missing_ok=True)
+            raise OSError(exc.errno, exc.strerror or str(exc), str(tmp)) from None
 
     def load(self, block: int) -> dict[str, np.ndarray]:
         with np.load(self.path(block), allow_pickle=False) as z:
@@ -79,6 +85,18 @@ class ShardStore:
     def discard(output: Path) -> None:
         """Remove the shards of `output`, if any are left (the file they were for is published)."""
         shutil.rmtree(partial_dir(output), ignore_errors=True)
+
+
+SLACK_BYTES = 1 << 20  # room kept above what a write needs, for HDF5's own structures and the filesystem's
+
+
+def check_free_space(path: Path, needed: int, what: str) -> None:
+    """Raise OSError(ENOSPC) naming `path`, the bytes `what` needs and the bytes free, before writing: HDF5 hitting
+    a full disk mid-write can crash the process instead of raising."""
+    free = shutil.disk_usage(path.parent).free
+    if free < needed:
+        raise OSError(errno.ENOSPC, f"No space left on device: {what} needs {needed:,} bytes and {free:,} are free",
+                      str(path))
 
 
 def _fsync(path: Path) -> None:
@@ -112,6 +130,8 @@ def write_cache(
     first = shards.load(0)
     poolings = attrs["poolings"]
     tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    needed = sum(shards.path(b).stat().st_size for b in range(n_blocks)) + sum(len(i) + 16 for i in ids)
+    check_free_space(tmp, needed + 8 * len(ids) + SLACK_BYTES, "the cache file")
     stored = {key: json.dumps(value) if key in _JSON_ATTRS else ("" if value is None else value)
               for key, value in attrs.items()}
     sums = checksums(stored, list(label_names), ids, labels)

@@ -277,10 +277,11 @@ def _rows_for(config: SweepConfig, y: np.ndarray, budget: str, seed: int) -> np.
 
 
 def read_cells(path: Path) -> list[dict[str, Any]]:
-    """Finished cells; a torn last line (the run was killed while writing it) is dropped."""
+    """Finished cells; a torn last line (the run was killed while writing it) is dropped, and a whole last line
+    that lost only its newline gets it back, so the next cell appended starts a line of its own."""
     if not path.exists():
         return []
-    cells, good_bytes = [], 0
+    cells, good_bytes, ends_line = [], 0, True
     with open(path, "rb") as f:
         for line in f:
             try:
@@ -288,9 +289,13 @@ def read_cells(path: Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError:
                 break
             good_bytes += len(line)
+            ends_line = line.endswith(b"\n")
     if good_bytes != path.stat().st_size:
         with open(path, "r+b") as f:
             f.truncate(good_bytes)
+    if not ends_line:
+        with open(path, "ab") as f:
+            f.write(b"\n")
     return cells
 
 

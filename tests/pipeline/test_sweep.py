@@ -110,7 +110,7 @@ def test_killed_sweep_resumes_without_duplicate_rows(tmp_path, bbc_cache):
     out = tmp_path / "killed"
     args = ["sweep", "--train", str(bbc_cache), "--output", str(out), "--budgets", "1,2,3",
             "--seeds", "4", "--test-fraction", "0.3", "--quiet"]
-    proc = subprocess.Popen([sys.executable, "-m", "finetext.pipeline.cli", *args])
+    proc = subprocess.Popen([sys.executable, "-m", "finetext", *args])
     cells = out / "cells.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (cells.exists() and cells.read_text().count("\n") >= 1):
@@ -122,6 +122,17 @@ def test_killed_sweep_resumes_without_duplicate_rows(tmp_path, bbc_cache):
     assert main(args + ["--device", "auto"]) == 0  # resumed on another device: the same sweep
     keys = [(c["head"], c["budget"], c["seed"]) for c in read_cells(cells)]
     assert len(keys) == len(set(keys)) == 3 * 3 * 4
+
+
+def test_a_last_cell_without_its_newline_is_kept_and_the_resume_completes(tmp_path, bbc_cache):
+    config = small_config(bbc_cache, tmp_path / "s", heads=["last-layer"])
+    cells = read_cells(run_sweep(config, progress=False) / "cells.jsonl")
+    path = tmp_path / "s" / "cells.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:3]).rstrip(b"\n"))  # killed between a cell's text and its newline
+    run_sweep(config, progress=False)
+    assert timeless(read_cells(path)) == timeless(cells)  # every cell once, none lost
+    assert path.read_bytes().count(b"\n") == len(cells)
 
 
 def test_train_evaluate_predict(tmp_path, bbc_cache, bbc_slice, capsys):
