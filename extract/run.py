@@ -20,7 +20,7 @@ from finetext.extract.cache import (FEATURES_VERSION, FORMAT, POOLINGS, SCHEMA_V
                                     read_attrs, write_cache)
 from finetext.extract.corpus import CorpusSpec, CorpusSummary, Record, iter_records, scan
 from finetext.extract.encoder import COMPUTE_DTYPES, ModelInfo, describe_model, load_model, resolve_device, resolve_model
-from finetext.extract.errors import CacheMismatchError, InputError
+from finetext.extract.errors import CacheFormatError, CacheMismatchError, InputError
 from finetext.extract.output_lock import exclusive, remove_leftovers
 from finetext.extract.pooling import pool
 from finetext.extract.tokens import check_max_length, tokenize
@@ -317,7 +317,11 @@ def _up_to_date(output: Path, fingerprints: dict[str, str], identity: dict[str, 
     is refused (CacheMismatchError, both fingerprints and the settings that differ shown) unless `force`."""
     if force or not output.exists():
         return False
-    existing = read_attrs(output)
+    try:
+        existing = read_attrs(output)
+    except CacheFormatError as exc:
+        raise CacheMismatchError(f"{output} exists and is not a finetext cache ({str(exc).split(': ', 1)[-1]}) "
+                                 "Pass --force to replace it, or choose another --output.") from None
     theirs = {k: existing.get(k) for k in fingerprints}
     if theirs == fingerprints:
         return True

@@ -200,6 +200,7 @@ def _read_data(config: SweepConfig) -> Data:
         meta = c.meta
         X = c.features(config.pooling, layers=config.layers)
         y = c.label_strings()
+    check_classes(y, config.train)
     if config.test is None:
         try:
             X, Xt, y, yt = train_test_split(X, y, test_size=config.test_fraction, stratify=y,
@@ -223,6 +224,14 @@ def _read_data(config: SweepConfig) -> Data:
             + "\nFix: extract both with the same model and options (finetext extract ... --force)."
         )
     return Data(X, y, Xt, yt, meta, test_meta)
+
+
+def check_classes(y: np.ndarray, where: str) -> None:
+    """Refuse labels of fewer than two classes before any training: nothing to classify."""
+    names = sorted(set(y.tolist()))
+    if len(names) < 2:
+        raise InputError(f"{where}: every document has the label {names[0] if names else None!r}; a classifier "
+                         "needs two classes or more. Extract a corpus with at least two labels.")
 
 
 def budget_rows(y: np.ndarray, per_class: int | None, seed: int, where: str) -> np.ndarray:

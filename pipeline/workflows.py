@@ -17,7 +17,8 @@ from finetext.classify.persist import load_arrays
 from finetext.extract import CorpusSpec, InputError, extract_corpus, iter_records, open_cache, scan
 from finetext.extract.output_lock import exclusive, remove_leftovers
 from finetext.pipeline.publish import check_output_folder, publish
-from finetext.pipeline.sweep import (AUTO_PRIOR_HEADS, HEADS, SweepConfig, budget_rows, check_device, check_pool_prior,
+from finetext.pipeline.sweep import (AUTO_PRIOR_HEADS, HEADS, SweepConfig, budget_rows, check_classes, check_device,
+                                     check_pool_prior,
                             make_head, prior_power, run_sweep)
 
 
@@ -56,6 +57,7 @@ def _train_head(train: str, head: str, output: str, budget: int | None, seed: in
         X = cache.features(pooling, layers=layers)
         y = cache.label_strings()
         meta = cache.meta
+    check_classes(y, train)
     rows = budget_rows(y, budget, seed, train)
     info = feature_info(meta, pooling, layers)
     info["train_rows"] = len(rows)

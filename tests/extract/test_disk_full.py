@@ -1,5 +1,6 @@
-"""A full disk at every stage of extract: one line and exit 2 (never a crash), and once space is freed the rerun
-resumes to the same arrays. Needs a small tmpfs, which the test mounts where it may (root); skipped elsewhere."""
+"""Operating-system errors at the outputs: a full disk at every stage of extract is one line and exit 2 (never a
+crash), and once space is freed the rerun resumes to the same arrays; a read-only filesystem is one line for every
+command that writes. Needs a small tmpfs, which the tests mount where they may (root); skipped elsewhere."""
 from __future__ import annotations
 
 import subprocess
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from finetext.extract import open_cache
+from finetext.pipeline.cli import main
 from tests.conftest import write_csv
 
 
@@ -57,3 +59,20 @@ def test_a_full_disk_at_every_stage_is_one_line_and_the_rerun_resumes_identicall
         assert got.ids == want.ids
         np.testing.assert_array_equal(got.features("mean"), want.features("mean"))
     assert sorted(p.name for p in disk.iterdir()) == ["c.h5"]  # nothing left behind
+
+
+def test_a_read_only_output_is_one_line_for_every_command_that_writes(tmp_path, small_disk, small_csv, tiny_bert,
+                                                                        capsys):
+    disk, _ = small_disk
+    cache = tmp_path / "c.h5"
+    assert main(["extract", str(small_csv), "--model", str(tiny_bert), "-o", str(cache), "-q"]) == 0
+    assert main(["train", "--train", str(cache), "--head", "last-layer", "-o", str(tmp_path / "head"), "--quiet"]) == 0
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+    for args in (["extract", str(small_csv), "--model", str(tiny_bert), "-o", str(disk / "c.h5")],
+                 ["sweep", "--train", str(cache), "--test", str(cache), "-q", "-o", str(disk / "sweep")],
+                 ["train", "--train", str(cache), "-o", str(disk / "head")],
+                 ["predict", "--head", str(tmp_path / "head"), "--text", "Shares fell.", "-o", str(disk / "p.csv")]):
+        capsys.readouterr()
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(disk) in err and "read-only: write the output elsewhere" in err, err

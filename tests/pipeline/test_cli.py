@@ -131,6 +131,12 @@ def caches(tmp_path, small_csv, tiny_bert):
                      "--device", "cpu", *options]) == 0
     made["unlabelled"] = tmp_path / "unlabelled.csv"
     made["unlabelled"].write_text("text\nShares fell.\nThe match ended 2-1.\n")
+    made["one_class"] = tmp_path / "one.h5"
+    one = tmp_path / "one.csv"
+    one.write_text("text,label\nShares fell.,business\nShares rose.,business\n")
+    assert main(["extract", str(one), "--model", str(tiny_bert), "-o", str(made["one_class"]), "-q"]) == 0
+    made["not_a_cache"] = tmp_path / "notes.h5"
+    made["not_a_cache"].write_text("my notes, not a cache")
     made["head"] = tmp_path / "head"
     assert main(["train", "--train", str(made["mean"]), "--head", "last-layer", "-o", str(made["head"]),
                  "--quiet"]) == 0
@@ -156,6 +162,12 @@ USER_ERRORS = {  # case -> (arguments, with {name} for a path of the `caches` fi
                                        "this cache has hidden states 0 to"),
     "evaluate on a file without labels": (["evaluate", "--head", "{head}", "--input", "{unlabelled}"],
                                           "no label column 'label'"),
+    "a one-class cache in a sweep": (["sweep", "--train", "{one_class}", "-o", "{tmp}/s", "-q"],
+                                     "a classifier needs two classes or more"),
+    "a one-class cache in train": (["train", "--train", "{one_class}", "-o", "{tmp}/h"],
+                                   "a classifier needs two classes or more"),
+    "another file at the output": (["extract", "{csv}", "--model", "{model}", "-o", "{not_a_cache}"],
+                                   "exists and is not a finetext cache"),
     "an output under a file": (["train", "--train", "{mean}", "-o", "{mean}/h", "--head", "last-layer"],
                                "is a file, not a folder"),
 }
