@@ -11,7 +11,7 @@ class CacheMismatchError(RuntimeError):
 
 
 class OutputBusyError(RuntimeError):
-    """Another run is writing the same output (output_lock.py)."""
+    """Another run is writing the same output (outputs.py)."""
 
 
 class CacheFormatError(RuntimeError):

@@ -21,7 +21,7 @@ from finetext.extract.cache import (FEATURES_VERSION, FORMAT, POOLINGS, SCHEMA_V
 from finetext.extract.corpus import CorpusSpec, CorpusSummary, Record, iter_records, scan
 from finetext.extract.encoder import COMPUTE_DTYPES, ModelInfo, describe_model, load_model, resolve_device, resolve_model
 from finetext.extract.errors import CacheFormatError, CacheMismatchError, InputError
-from finetext.extract.output_lock import exclusive, remove_leftovers
+from finetext.extract.outputs import check_output, exclusive, remove_leftovers
 from finetext.extract.pooling import pool
 from finetext.extract.tokens import check_max_length, tokenize
 
@@ -241,7 +241,7 @@ def extract_corpus(
     settings = ExtractSettings(model, revision, tuple(poolings), max_length, device, compute_dtype, storage_dtype,
                                tokens, None if token_layers is None else tuple(token_layers), batch_tokens,
                                block_docs)
-    check_output_path(output)
+    check_output(output, folder=False)
     with exclusive(output):  # one writer per cache: a second run to it is refused at once
         remove_leftovers(output)  # temporary files of runs that died publishing
         return _extract(spec, settings, output, force, progress, start)
@@ -301,15 +301,6 @@ class _TokenRate:
         self.bar.set_postfix_str(f"{self.tokens / max(time.perf_counter() - self.start, 1e-9):,.0f} tokens/s",
                                  refresh=False)
         self.bar.update(docs)
-
-
-def check_output_path(output: Path) -> None:
-    """Refuse an output that cannot be a cache file before any work: a folder, or a path under a file."""
-    if output.is_dir():
-        raise InputError(f"{output} is a folder; --output names the cache file to write, e.g. {output / 'cache.h5'}.")
-    parent = next((p for p in output.parents if p.exists()), None)
-    if parent is not None and not parent.is_dir():
-        raise InputError(f"{output}: {parent} is a file, not a folder; choose an output path in a folder.")
 
 
 def _up_to_date(output: Path, fingerprints: dict[str, str], identity: dict[str, Any], force: bool) -> bool:

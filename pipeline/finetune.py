@@ -35,11 +35,10 @@ from finetext.extract.batching import pad_right, token_budget_batches
 from finetext.extract.corpus import CorpusSpec, Record
 from finetext.extract.encoder import describe_model, load_model, resolve_device, resolve_model, weights_hash
 from finetext.extract.errors import InputError
-from finetext.extract.output_lock import exclusive, remove_leftovers
+from finetext.extract.outputs import check_output, exclusive, remove_leftovers
 from finetext.extract.pooling import pool
 from finetext.extract.tokens import check_max_length, tokenize
 from finetext.pipeline.settings import FinetuneSettings
-from finetext.pipeline.publish import check_output_folder
 from finetext.pipeline.sweep import budget_rows
 
 SELECTOR = ("w", "u", "gamma")  # the parameters a multi-task model shares across tasks (those a head has)
@@ -274,7 +273,7 @@ def finetune(tasks: Sequence[Task], output: str | os.PathLike, *, model: str | N
     Returns the metrics written to `output/metrics.json`: per task the test accuracy (when a test corpus is
     given), and the training seconds, epochs and per-epoch history.
     """
-    check_output_folder(Path(output))
+    check_output(Path(output), folder=True)
     with exclusive(output):  # one writer per result folder, from the start: training is the long part
         remove_leftovers(Path(output))
         trained = train_finetune(tasks, model=model, revision=revision, settings=settings, progress=progress)

@@ -16,8 +16,8 @@ from typing import Any, Sequence
 from finetext.extract import CorpusSpec, InputError, extract_corpus, open_cache
 from finetext.pipeline.finetune import Task, finetune, read_corpus
 from finetext.pipeline.settings import FinetuneSettings
-from finetext.extract.output_lock import exclusive
-from finetext.pipeline.publish import check_output_folder, publish_text
+from finetext.extract.outputs import check_output, exclusive
+from finetext.pipeline.publish import publish_text
 from finetext.pipeline.sweep import budget_rows
 
 
@@ -81,7 +81,7 @@ def run_multitask(tasks: Sequence[TaskSource], output: str | os.PathLike, *, cac
     if len({t.name for t in tasks}) != len(tasks) or len(tasks) < 2:
         raise InputError(f"multitask: give at least two tasks with distinct names, got {[t.name for t in tasks]}.")
     out = Path(output)
-    check_output_folder(out)
+    check_output(out, folder=True)
     with exclusive(out):  # one writer per result folder
         if cached:
             rows, cells = _cached(tasks, out, budget, model, settings, compare, progress)

@@ -5,15 +5,6 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from finetext.extract.errors import InputError
-
-
-def check_output_folder(folder: Path) -> None:
-    """Refuse, before any work, an output folder that cannot be made: a file stands at it or above it."""
-    blocking = next((p for p in (Path(folder), *Path(folder).parents) if p.exists()), None)
-    if blocking is not None and not blocking.is_dir():
-        raise InputError(f"{folder}: {blocking} is a file, not a folder; choose another --output.")
-
 
 def publish(path: Path, write: Callable[[Path], object]) -> Path:
     """Call write(tmp) for a temporary path beside `path`, then replace `path` with it in one step: a reader

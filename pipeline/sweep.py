@@ -26,8 +26,8 @@ from finetext.classify import LastLayerLogReg, LayerAttention, PoolPrior, Scalar
 from finetext.classify.heads import training_device
 from finetext.classify.pool_prior import prior_helps
 from finetext.extract import InputError, open_cache
-from finetext.extract.output_lock import exclusive
-from finetext.pipeline.publish import check_output_folder, publish_text
+from finetext.extract.outputs import check_output, exclusive
+from finetext.pipeline.publish import publish_text
 
 HEADS = {"last-layer": LastLayerLogReg, "scalar-mix": ScalarMix, "layer-attention": LayerAttention}
 CELL_KEYS = ("head", "budget", "seed")
@@ -323,7 +323,7 @@ def run_sweep(config: SweepConfig, progress: bool = True, replace_other: bool = 
     replace_other: start over when the folder holds another sweep's results (else that is an error).
     """
     out = Path(config.output)
-    check_output_folder(out)
+    check_output(out, folder=True)
     with exclusive(out):  # one writer per sweep folder: a second sweep into it is refused at once
         for leftover in out.glob(".*.tmp"):  # files a killed run was publishing
             leftover.unlink()

@@ -15,8 +15,8 @@ from finetext.classify import PoolPrior, check_feature_source, load_head, save_h
 from finetext.classify.pool_prior import prior_helps
 from finetext.classify.persist import load_arrays
 from finetext.extract import CorpusSpec, InputError, extract_corpus, iter_records, open_cache, scan
-from finetext.extract.output_lock import exclusive, remove_leftovers
-from finetext.pipeline.publish import check_output_folder, publish
+from finetext.extract.outputs import check_output, exclusive, remove_leftovers
+from finetext.pipeline.publish import publish
 from finetext.pipeline.sweep import (AUTO_PRIOR_HEADS, HEADS, SweepConfig, budget_rows, check_classes, check_device,
                                      check_pool_prior,
                             make_head, prior_power, run_sweep)
@@ -43,7 +43,7 @@ def train_head(train: str, head: str, output: str, *, budget: int | None = None,
         raise InputError(f"head: expected one of {', '.join(HEADS)}, got {head!r}.")
     check_device(device)
     check_pool_prior(pool_prior)
-    check_output_folder(Path(output))
+    check_output(Path(output), folder=True)
     with exclusive(output):  # one writer per head folder
         remove_leftovers(Path(output))
         return _train_head(train, head, output, budget, seed, pooling, layers, params, device, progress, pool_prior)

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from finetext.extract import OutputBusyError, open_cache, verify_cache
-from finetext.extract.output_lock import exclusive, lock_path
+from finetext.extract.outputs import exclusive, lock_path
 from finetext.pipeline.cli import main
 from tests.conftest import write_csv
 
-HOLD = ("import sys, time; from finetext.extract.output_lock import exclusive\n"
+HOLD = ("import sys, time; from finetext.extract.outputs import exclusive\n"
         "with exclusive(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)\n")
 
 

@@ -1,5 +1,7 @@
-"""One writer per output: an exclusive lock held while a command writes a cache, a sweep or a head.
+"""Writing an output safely: its path checked before any work, one writer at a time, and the leftovers of dead
+runs removed.
 
+One writer per output: an exclusive lock held while a command writes a cache, a sweep or a head.
 The lock is `fcntl.flock` on a small file beside the output (`.NAME.lock`, holding the writer's pid and command),
 so the kernel releases it when the process ends, however it ends (SIGKILL included): a dead run never blocks the
 next. A second writer to the same output is refused at once (OutputBusyError), naming the output and the process
@@ -16,7 +18,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from finetext.extract.errors import OutputBusyError
+from finetext.extract.errors import InputError, OutputBusyError
+
+
+def check_output(output: Path, folder: bool) -> None:
+    """Refuse, before any work, an output that cannot be made: a folder where a file goes, a file where a folder goes
+    (`folder`), or a path under a file."""
+    output = Path(output)
+    if output.is_dir() and not folder:
+        raise InputError(f"{output} is a folder; --output names the cache file to write, e.g. {output / 'cache.h5'}.")
+    blocking = next((p for p in (output, *output.parents) if p.exists()), None)
+    if blocking is not None and not blocking.is_dir() and (blocking != output or folder):
+        raise InputError(f"{output}: {blocking} is a file, not a folder; choose another --output.")
 
 
 def lock_path(output: Path) -> Path:
