@@ -247,10 +247,12 @@ def _print_tasks(metrics: dict, output: str) -> None:
           f"saved to {output} (metrics.json)")
 
 
-def _finetune(args: argparse.Namespace) -> int:
+def _task(args: argparse.Namespace):
+    """The Task of `finetune` and `baseline`: INPUT's training split, --test (or a registered dataset's test
+    split), --budget, named by --name or after the dataset or file."""
     from pathlib import Path
 
-    from finetext.pipeline.finetune import Task, finetune, read_corpus
+    from finetext.pipeline.finetune import Task, read_corpus
     from finetext.pipeline.registry import registry
 
     registered = args.input in registry() and not Path(args.input).exists()
@@ -258,9 +260,25 @@ def _finetune(args: argparse.Namespace) -> int:
     test_source = args.test or (args.input if registered and "test" in registry()[args.input].get("splits", {}) else None)
     test = read_corpus(_corpus_spec(args, test_source, "test", require_labels=True)) if test_source else None
     name = args.name or (args.input if registered else Path(args.input).stem)
-    metrics = finetune([Task(name, train, test, args.budget)], args.output, model=args.model,
-                       revision=args.revision, settings=_finetune_settings(args), progress=not args.quiet)
+    return Task(name, train, test, args.budget)
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from finetext.pipeline.finetune import finetune
+
+    metrics = finetune([_task(args)], args.output, model=args.model, revision=args.revision,
+                       settings=_finetune_settings(args), progress=not args.quiet)
     _print_tasks(metrics, args.output)
+    return 0
+
+
+def _baseline(args: argparse.Namespace) -> int:
+    from finetext.pipeline.baseline import run_setfit
+
+    metrics = run_setfit(_task(args), args.output, seed=args.seed, model=args.model, progress=not args.quiet)
+    print(f"{metrics['method']} on {metrics['n_train']} training documents: test accuracy "
+          f"{100 * metrics['test_accuracy']:.2f}% in {metrics['train_seconds']:.0f} s; wrote {args.output}/metrics.json "
+          "and cells.jsonl")
     return 0
 
 
@@ -434,6 +452,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default=None, help="split of a registered dataset used for training (default train)")
     p.add_argument("--name", default=None, help="task name in the results (default: the dataset name or file stem)")
     p.set_defaults(handler=_finetune)
+
+    p = sub.add_parser("baseline", help="a published few-shot method on the rows finetune draws (SetFit)",
+                       description="Train a published few-shot method with its own defaults on exactly the rows "
+                                   "`finetext finetune --budget K --seed S` draws, and write metrics.json and "
+                                   "cells.jsonl for `finetext compare`. Needs `pip install 'finetext[baselines]'`.")
+    p.add_argument("method", choices=["setfit"], help="setfit: the setfit package's Trainer with its defaults")
+    add_corpus_options(p)
+    p.add_argument("--test", default=None, help="labelled test corpus (default: the test split of a registered "
+                                                "dataset)")
+    p.add_argument("--budget", type=int, default=None, help="labels per class, drawn as finetune draws them "
+                                                           "(default: all)")
+    p.add_argument("--seed", type=int, default=0, help="the budget draw and SetFit's seed")
+    p.add_argument("--model", default=None, help="a sentence-transformers name or folder (default: the packaged "
+                                                 "all-MiniLM-L6-v2)")
+    p.add_argument("--split", default=None, help="split of a registered dataset used for training (default train)")
+    p.add_argument("--name", default=None, help="task name in the results (default: the dataset name or file stem)")
+    p.add_argument("--output", "-o", required=True, help="result folder: metrics.json and cells.jsonl")
+    p.add_argument("--quiet", "-q", action="store_true", help="fewer progress bars (SetFit's trainer keeps its own)")
+    p.set_defaults(handler=_baseline)
 
     p = sub.add_parser("multitask", help="one model for several tasks (cached or end to end) vs one per task",
                        description="Train one shared layer selector (--cached) or one shared encoder and selector "
