@@ -29,7 +29,7 @@ DAMAGED = (OSError, RuntimeError, ValueError, KeyError, TypeError, UnicodeDecode
 CHECKSUMS = "checksums"  # JSON: name -> sha256 of every other attribute, the label names, the ids and the labels
 POOLINGS = ("mean", "cls", "last", "max")  # the pooled arrays a cache can hold, features/<pooling>, in this order
 CHUNK_BYTES = 1 << 20  # ~1 MiB chunks: small enough for row subsets, large enough for fast scans
-_JSON_ATTRS = ("poolings", "token_layers", "library_versions", "corpus", "skipped", "settings")
+_JSON_ATTRS = ("poolings", "token_layers", "hidden_states", "library_versions", "corpus", "skipped", "settings")
 
 
 def partial_dir(output: Path) -> Path:

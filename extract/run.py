@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -16,8 +17,8 @@ import torch
 from tqdm.auto import tqdm
 
 from finetext.extract.batching import pad_right, token_budget_batches
-from finetext.extract.cache import (FEATURES_VERSION, FORMAT, POOLINGS, SCHEMA_VERSION, ShardStore, partial_dir,
-                                    read_attrs, write_cache)
+from finetext.extract.cache import (FEATURES_VERSION, FORMAT, POOLINGS, SCHEMA_VERSION, SLACK_BYTES, ShardStore,
+                                    check_free_space, partial_dir, read_attrs, write_cache)
 from finetext.extract.corpus import CorpusSpec, CorpusSummary, Record, iter_records, scan
 from finetext.extract.encoder import COMPUTE_DTYPES, ModelInfo, describe_model, load_model, resolve_device, resolve_model
 from finetext.extract.errors import CacheFormatError, CacheMismatchError, InputError
@@ -43,6 +44,8 @@ class ExtractSettings:
     token_layers: tuple[int, ...] | None = None  # hidden states kept at token level; None: all
     batch_tokens: int | None = None  # padded tokens per forward pass; None: 4096 on CPU, 16384 on a GPU
     block_docs: int | None = None  # documents per resumable block; None: 4096 (128 with tokens)
+    layers: str | tuple[int, ...] | None = None  # hidden states kept in the pooled cache: "0,6,12", "every:4",
+    # "last:8" or indices (hidden_states resolves them); None: all
 
     def __post_init__(self) -> None:
         bad = [p for p in self.poolings if p not in POOLINGS]
@@ -108,11 +111,45 @@ def settings_identity(settings: ExtractSettings, info: ModelInfo, max_length: in
         "compute_dtype": settings.compute_dtype,
         "storage_dtype": settings.storage_dtype,
         "token_layers": _token_layers(settings, n_layers),
+        # a subset of hidden states only where one was asked: caches of every state keep their fingerprints
+        **({"hidden_states": kept} if (kept := subset_of_states(settings.layers, n_layers)) else {}),
     }
 
 
 def fingerprint(identity: dict) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def hidden_states(layers: str | Sequence[int] | None, n_layers: int) -> list[int]:
+    """The model's hidden states (0 = the embeddings) a cache keeps: all for None; "every:K" every K-th from 0 and the
+    last; "last:K" the last K; or indices, negative ones from the end. Sorted, each once."""
+    spec = ",".join(map(str, layers)) if isinstance(layers, (list, tuple)) else layers
+    fix = ("--layers takes indices (0,6,12; -1 is the last), every:K or last:K, within the model's hidden states "
+           f"0..{n_layers - 1}")
+    if spec is None:
+        return list(range(n_layers))
+    kind, _, count = spec.partition(":")
+    try:
+        if kind in ("every", "last"):
+            k = int(count)
+            if k < 1:
+                raise ValueError
+            chosen = (list(range(0, n_layers, k)) + [n_layers - 1]) if kind == "every" else \
+                list(range(max(n_layers - k, 0), n_layers))
+        else:
+            chosen = [int(v) for v in spec.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"--layers {spec!r}: {fix}.") from None
+    bad = [i for i in chosen if not -n_layers <= i < n_layers]
+    if bad or not chosen:
+        raise InputError(f"--layers {spec!r}: {bad or 'nothing'} outside the model's; {fix}.")
+    return sorted({i % n_layers for i in chosen})
+
+
+def subset_of_states(layers: str | Sequence[int] | None, n_layers: int) -> list[int] | None:
+    """hidden_states, or None when that is every one of them."""
+    kept = hidden_states(layers, n_layers)
+    return None if kept == list(range(n_layers)) else kept
 
 
 def _token_layers(settings: ExtractSettings, n_layers: int) -> list[int] | None:
@@ -157,9 +194,10 @@ class BlockEncoder:
     """Tokenises a block, runs length-sorted token-budget batches, pools on the device."""
 
     def __init__(self, model: torch.nn.Module, tokenizer, device: torch.device, settings: ExtractSettings,
-                 max_length: int, token_layers: list[int] | None) -> None:
+                 max_length: int, token_layers: list[int] | None, hidden_states: list[int] | None = None) -> None:
         self.model, self.tokenizer, self.device = model, tokenizer, device
         self.settings, self.max_length, self.token_layers = settings, max_length, token_layers
+        self.hidden_states = hidden_states  # pooled: these hidden states, or all for None
         # measured (bench/extract_speed.py): CPUs run fastest on small batches that stay in cache
         self.batch_tokens = settings.batch_tokens or (4096 if device.type == "cpu" else 16384)
         self.storage = torch.float16 if settings.storage_dtype == "float16" else torch.float32
@@ -183,8 +221,9 @@ class BlockEncoder:
             inputs = {k: torch.from_numpy(v).to(self.device) for k, v in pad_right(ids, types, batch, pad_id).items()}
             out = self.model(**inputs, output_hidden_states=True)
             hidden = [h.float() for h in out.hidden_states]  # layers × (batch, seq, hidden)
+            kept = [hidden[i] for i in self.hidden_states] if self.hidden_states is not None else hidden
             for name in pooled:
-                rows = pool(hidden, inputs["attention_mask"], name).to(self.storage).cpu().numpy()
+                rows = pool(kept, inputs["attention_mask"], name).to(self.storage).cpu().numpy()
                 if pooled[name] is None:
                     pooled[name] = np.empty((n, *rows.shape[1:]), dtype=rows.dtype)  # (block, layers, hidden)
                 pooled[name][batch] = rows
@@ -225,6 +264,7 @@ def extract_corpus(
     token_layers: Sequence[int] | None = None,
     batch_tokens: int | None = None,
     block_docs: int | None = None,
+    layers: str | Sequence[int] | None = None,
     force: bool = False,
     progress: bool = True,
 ) -> ExtractResult:
@@ -240,7 +280,7 @@ def extract_corpus(
                       skip_bad_rows)
     settings = ExtractSettings(model, revision, tuple(poolings), max_length, device, compute_dtype, storage_dtype,
                                tokens, None if token_layers is None else tuple(token_layers), batch_tokens,
-                               block_docs)
+                               block_docs, layers if layers is None or isinstance(layers, str) else tuple(layers))
     check_output(output, folder=False)
     with exclusive(output):  # one writer per cache: a second run to it is refused at once
         remove_leftovers(output)  # temporary files of runs that died publishing
@@ -264,6 +304,7 @@ def _extract(spec: CorpusSpec, settings: ExtractSettings, output: Path, force: b
         return ExtractResult(output, "up to date", summary.n_docs, time.perf_counter() - start)
     if output.parent and not output.parent.exists():
         output.parent.mkdir(parents=True)
+    _check_room(output, settings, summary.n_docs, info, progress)
 
     block_size = settings.docs_per_block
     shards = ShardStore(output, fingerprints, block_size)
@@ -272,7 +313,8 @@ def _extract(spec: CorpusSpec, settings: ExtractSettings, output: Path, force: b
     torch_device = resolve_device(settings.device)
     if not all(shards.done(b) for b in range(n_blocks)):
         encoder = BlockEncoder(load_model(resolve_model(model), revision, torch_device, settings.compute_dtype),
-                               tokenizer, torch_device, settings, length, layers_kept)
+                               tokenizer, torch_device, settings, length, layers_kept,
+                               subset_of_states(settings.layers, info.n_layers))
         done_docs = sum(min(block_size, summary.n_docs - b * block_size) for b in range(n_blocks) if shards.done(b))
         todo = ((b, block) for b, block in enumerate(_blocks(iter_records(spec), block_size)) if not shards.done(b))
         with tqdm(total=summary.n_docs, initial=done_docs, unit="doc", disable=not progress,
@@ -288,6 +330,20 @@ def _extract(spec: CorpusSpec, settings: ExtractSettings, output: Path, force: b
     write_cache(output, shards, n_blocks, attrs, summary.ids, labels, summary.label_names)
     shards.remove()
     return ExtractResult(output, "resumed" if resumed else "created", summary.n_docs, time.perf_counter() - start)
+
+
+def _check_room(output: Path, settings: ExtractSettings, n_docs: int, info: ModelInfo, progress: bool) -> None:
+    """Say how large the pooled cache will be, and refuse to start when the disk cannot hold it: its blocks and the
+    published file both exist until the end (token-level states come on top, and are not counted)."""
+    states = len(hidden_states(settings.layers, info.n_layers))
+    item = 2 if settings.storage_dtype == "float16" else 4
+    size = n_docs * states * info.hidden_size * item * len(settings.poolings)
+    if progress:
+        tqdm.write(f"extract: {output} will hold about {size / 2**20:,.1f} MiB of features ({n_docs:,} documents × "
+                   f"{states} hidden states × {info.hidden_size} × {item} bytes × {len(settings.poolings)} "
+                   f"pooling{'s' if len(settings.poolings) > 1 else ''})", file=sys.stderr)
+    written = sum(p.stat().st_size for p in partial_dir(output).glob("block-*.npz"))
+    check_free_space(output, max(2 * size - written, 0) + SLACK_BYTES, "this cache (its blocks, then the file)")
 
 
 class _TokenRate:
@@ -341,6 +397,8 @@ def _cache_attrs(spec: CorpusSpec, settings: ExtractSettings, info: ModelInfo, l
         **{k: v for k, v in asdict(info).items() if k not in ("revision", "position_limit")},
         "model_revision": info.revision,
         "max_length": length,
+        "n_layers": len(kept := hidden_states(settings.layers, info.n_layers)),  # the hidden states cached
+        "hidden_states": kept,
         "poolings": settings.ordered_poolings,
         "compute_dtype": settings.compute_dtype,
         "storage_dtype": settings.storage_dtype,

@@ -88,7 +88,7 @@ def _extract(args: argparse.Namespace) -> int:
         spec.pop("source"), args.output, **spec,
         model=args.model, revision=args.revision, poolings=args.pooling, max_length=args.max_length,
         device=args.device, compute_dtype=args.dtype, storage_dtype=args.storage_dtype,
-        tokens=args.tokens, token_layers=args.token_layers, batch_tokens=args.batch_tokens,
+        tokens=args.tokens, token_layers=args.token_layers, batch_tokens=args.batch_tokens, layers=args.layers,
         block_docs=args.block_docs, force=args.force, progress=not args.quiet,
     )
     rate = result.n_docs / result.seconds if result.seconds else float("inf")
@@ -366,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", action="store_true", help="also keep token-level states (large: see docs)")
     p.add_argument("--token-layers", type=_int_list, default=None,
                    help="hidden states to keep at token level, e.g. 0,3,6 (default: all)")
+    p.add_argument("--layers", default=None, metavar="0,6,12|every:K|last:K",
+                   help="hidden states to keep (0 = the embeddings; -1 the last): indices, every K-th from the "
+                        "first with the last, or the last K (default: all)")
     p.add_argument("--block-docs", type=int, default=None,
                    help="documents per resumable block (default 4096, 128 with --tokens)")
     p.add_argument("--split", default=None, help="split of a registered dataset (pipeline/registry.json), e.g. train")

@@ -25,7 +25,7 @@ from finetext.pipeline.sweep import (AUTO_PRIOR_HEADS, HEADS, SweepConfig, budge
 def feature_info(meta: dict[str, Any], pooling: str, layers: Sequence[int] | None) -> dict[str, Any]:
     """What a head needs to know to get the same features again: the encoder and how it was pooled."""
     keys = ("model_id", "model_revision", "weights_sha256", "tokenizer_sha256", "model_type", "n_layers",
-            "hidden_size", "max_length", "compute_dtype", "storage_dtype", "settings_fingerprint",
+            "hidden_states", "hidden_size", "max_length", "compute_dtype", "storage_dtype", "settings_fingerprint",
             "corpus_fingerprint")
     return {**{k: meta.get(k) for k in keys}, "pooling": pooling, "layers": list(layers) if layers else None}
 
@@ -172,7 +172,7 @@ def encode_like(info: dict[str, Any], records: list, device: str = "auto",
     A fine-tuned head names its own encoder folder (`encoder_dir`, relative to the head's folder).
     """
     from finetext.extract.encoder import describe_model, load_model, resolve_device, resolve_model
-    from finetext.extract.run import BlockEncoder, ExtractSettings
+    from finetext.extract.run import BlockEncoder, ExtractSettings, subset_of_states
 
     model_id = info.get("model_id")
     revision = info.get("model_revision") or None
@@ -187,12 +187,14 @@ def encode_like(info: dict[str, Any], records: list, device: str = "auto",
         raise InputError(f"the model at {model_id!r} is not the one this head was trained on (weights sha256 "
                          f"{described.weights_sha256[:12]} vs {info['weights_sha256'][:12]}).")
     pooling = info.get("pooling") or "mean"
+    states = tuple(info["hidden_states"]) if info.get("hidden_states") else None  # the cache's, when a subset
     settings = ExtractSettings(model_id, revision, (pooling,), info.get("max_length"), device,
-                               info.get("compute_dtype") or "fp32", info.get("storage_dtype") or "float16")
+                               info.get("compute_dtype") or "fp32", info.get("storage_dtype") or "float16",
+                               layers=states)
     torch_device = resolve_device(device)
     encoder = BlockEncoder(load_model(resolve_model(model_id), revision, torch_device, settings.compute_dtype),
                            tokenizer, torch_device, settings, int(info.get("max_length") or described.position_limit),
-                           None)
+                           None, subset_of_states(states, described.n_layers))
     X = np.concatenate([encoder.encode(encoder.tokenize(records[s:s + 2048]))[f"pool_{pooling}"]
                         for s in range(0, len(records), 2048)]).astype(np.float32)
     layers = info.get("layers")

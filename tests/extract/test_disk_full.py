@@ -76,3 +76,15 @@ def test_a_read_only_output_is_one_line_for_every_command_that_writes(tmp_path, 
         assert main(args) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and str(disk) in err and "read-only: write the output elsewhere" in err, err
+
+
+def test_extract_refuses_to_start_when_the_disk_cannot_hold_the_cache(small_disk, tmp_path, tiny_bert, capsys):
+    disk, _ = small_disk  # 64 KiB
+    rows = [{"text": f"note {i}", "label": i % 2} for i in range(400)]
+    corpus = write_csv(tmp_path / "c.csv", rows)
+    assert main(["extract", str(corpus), "--model", str(tiny_bert), "-o", str(disk / "c.h5"), "--storage-dtype",
+                 "float32"]) == 2
+    err = capsys.readouterr().err
+    assert "will hold about 0.1 MiB of features (400 documents × 3 hidden states × 32 × 4 bytes × 1 pooling)" in err
+    assert "No space left on device: this cache (its blocks, then the file) needs" in err and "are free" in err
+    assert list(disk.iterdir()) == []  # refused before writing anything

@@ -1,6 +1,9 @@
 """extract_corpus end to end on real HDF5 files: layout, reuse, refusal, corruption, long text, tokens."""
 from __future__ import annotations
 
+import csv
+import json
+
 import h5py
 import numpy as np
 import pytest
@@ -9,6 +12,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from finetext.extract import CacheFormatError, CacheMismatchError, InputError, extract_corpus, open_cache, verify_cache
 from finetext.extract.cache import ShardStore, partial_dir
+from finetext.extract.run import hidden_states
 from tests.conftest import SENTENCES, write_csv
 
 
@@ -182,3 +186,46 @@ def test_a_max_length_without_room_for_text_is_refused_before_any_model_work(tmp
     result = extract_corpus(str(small_csv), tmp_path / "c.h5", model=str(tiny_bert), max_length=3, progress=False)
     with open_cache(result.path) as cache:
         assert cache.n_tokens.max() == 3 and cache.truncated.all()  # every sentence is longer than one token
+
+
+def test_hidden_states_are_chosen_by_index_every_or_last():
+    assert hidden_states(None, 7) == [0, 1, 2, 3, 4, 5, 6]
+    assert hidden_states("0,3,-1", 7) == hidden_states([6, 0, 3, 3], 7) == [0, 3, 6]
+    assert hidden_states("every:4", 13) == [0, 4, 8, 12] and hidden_states("every:4", 7) == [0, 4, 6]
+    assert hidden_states("last:2", 7) == [5, 6] and hidden_states("last:9", 7) == list(range(7))
+    for bad in ("7", "every:0", "last:x", "first:2", ","):
+        with pytest.raises(InputError, match="--layers takes indices"):
+            hidden_states(bad, 7)
+
+
+def test_a_cache_of_some_hidden_states_equals_those_of_the_full_one_and_a_head_predicts_with_them(
+        tmp_path, small_csv, tiny_bert, capsys):
+    from finetext.pipeline.cli import main
+
+    full, some = tmp_path / "full.h5", tmp_path / "some.h5"
+    assert main(["extract", str(small_csv), "--model", str(tiny_bert), "-o", str(full), "-q",
+                 "--storage-dtype", "float32"]) == 0
+    assert main(["extract", str(small_csv), "--model", str(tiny_bert), "-o", str(some), "--layers", "0,-1",
+                 "--storage-dtype", "float32"]) == 0
+    said = capsys.readouterr().err
+    assert f"{some} will hold about 0.0 MiB of features (10 documents × 2 hidden states × 32 × 4 bytes × 1 pooling)" \
+        in said
+    with open_cache(full) as a, open_cache(some) as b:
+        assert b.meta["hidden_states"] == [0, 2] and b.meta["n_layers"] == 2 and a.meta["hidden_states"] == [0, 1, 2]
+        np.testing.assert_array_equal(b.features("mean"), a.features("mean")[:, [0, 2]])
+        assert b.meta["settings_fingerprint"] != a.meta["settings_fingerprint"]
+    verify_cache(some)
+    head = tmp_path / "head"
+    assert main(["train", "--train", str(some), "--head", "layer-attention", "-o", str(head), "--quiet"]) == 0
+    assert json.loads((head / "config.json").read_text())["feature_info"]["hidden_states"] == [0, 2]
+    assert main(["predict", "--head", str(head), "--input", str(small_csv), "-o", str(tmp_path / "p.csv"),
+                 "--device", "cpu"]) == 0  # the head's encoder pools the same two hidden states
+    from finetext.classify import load_head
+
+    with open_cache(some) as b:
+        expected = load_head(head).predict_proba(b.features("mean"))
+    with open(tmp_path / "p.csv") as f:
+        rows = list(csv.DictReader(f))
+    got = np.array([[float(r[f"p_{c}"]) for c in load_head(head).classes_] for r in rows])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
