@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from finetext.extract.columnar import column_names, is_arrow_folder, iter_rows, refuse_dataset_dict
 from finetext.extract.errors import InputError, first_rows
 
 BUILTIN_CORPORA = ("bbc",)
-_FILE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+_FILE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
+                 ".parquet": "parquet"}
 
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long documents are legal; they get truncated later
 
@@ -68,16 +70,18 @@ class CorpusSpec:
 
     @property
     def kind(self) -> str:
-        """'bbc', 'folder', 'csv', 'tsv' or 'jsonl'."""
+        """'bbc', 'folder', 'arrow' (a saved `datasets` folder), 'csv', 'tsv', 'jsonl' or 'parquet'."""
         if self.source in BUILTIN_CORPORA:
             return self.source
         path = Path(self.source)
         if path.is_dir():
-            return "folder"
+            refuse_dataset_dict(path)
+            return "arrow" if is_arrow_folder(path) else "folder"
         if not path.exists():
             raise InputError(
-                f"{self.source}: no such file or folder. Expected a .csv/.tsv/.jsonl file, a folder with one "
-                f"subfolder of .txt files per label, or a built-in corpus ({', '.join(BUILTIN_CORPORA)})."
+                f"{self.source}: no such file or folder. Expected a .csv/.tsv/.jsonl/.parquet file, a folder saved "
+                "by `datasets` (save_to_disk), a folder with one subfolder of .txt files per label, or a built-in "
+                f"corpus ({', '.join(BUILTIN_CORPORA)})."
             )
         fmt = _FILE_FORMATS.get(path.suffix.lower())
         if fmt is None:
@@ -144,6 +148,7 @@ class _RawRow:
     row: int
     where: str  # "row 3 (line 4)" or "business/001.txt"
     fields: dict[str, object]
+    columns: list[str] | None = None  # every column of the source, where fields hold only those read
 
 
 def _raw_rows(spec: CorpusSpec) -> Iterator[_RawRow]:
@@ -152,6 +157,12 @@ def _raw_rows(spec: CorpusSpec) -> Iterator[_RawRow]:
         yield from _folder_rows(Path(spec.source))
     elif kind == "jsonl":
         yield from _jsonl_rows(Path(spec.source))
+    elif kind in ("parquet", "arrow"):
+        path = Path(spec.source)
+        names = column_names(path, kind)
+        wanted = [c for c in (spec.text_column, spec.text_pair_column, spec.label_column, spec.id_column) if c]
+        for row, fields in iter_rows(path, kind, wanted):
+            yield _RawRow(row, f"row {row}", fields, names)
     else:
         yield from _delimited_rows(Path(spec.source), kind)
 
@@ -269,9 +280,9 @@ def _check_columns(spec: CorpusSpec, raw: _RawRow) -> None:
         return
     wanted = {"text": spec.text_column, "text pair": spec.text_pair_column,
               "label": spec.label_column, "id": spec.id_column}
-    available = sorted(raw.fields)
+    available = sorted(raw.columns if raw.columns is not None else raw.fields)
     for role, column in wanted.items():
-        if column is not None and column not in raw.fields:
+        if column is not None and column not in available:
             hint = f"--{role.replace(' ', '-')}-column NAME"
             extra = " or --no-labels for an unlabeled corpus" if role == "label" and not spec.require_labels else ""
             raise InputError(
