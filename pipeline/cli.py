@@ -48,8 +48,9 @@ def _pool_prior(value: str) -> float | str:
 
 def add_corpus_options(p: argparse.ArgumentParser) -> None:
     """Input options shared by every command that reads text."""
-    p.add_argument("input", help="a .csv/.tsv/.jsonl file, a folder of per-label .txt subfolders, 'bbc', "
-                                 "or a registered dataset name (trec, sst2, banking77, ...)")
+    p.add_argument("input", help="a .csv/.tsv/.jsonl/.parquet file, a folder saved by `datasets` (save_to_disk), a "
+                                 "folder of per-label .txt subfolders, 'bbc', or a registered dataset name (trec, "
+                                 "sst2, banking77, ...)")
     p.add_argument("--text-column", default="text", help="column holding the text (default: text)")
     p.add_argument("--text-pair-column", default=None, help="second text column, for sentence pairs")
     p.add_argument("--label-column", default="label", help="column holding the label (default: label)")
