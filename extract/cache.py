@@ -28,6 +28,7 @@ FEATURES_VERSION = 1  # how features are computed and laid out: part of a cache'
 DAMAGED = (OSError, RuntimeError, ValueError, KeyError, TypeError, UnicodeDecodeError)
 CHECKSUMS = "checksums"  # JSON: name -> sha256 of every other attribute, the label names, the ids and the labels
 POOLINGS = ("mean", "cls", "last", "max")  # the pooled arrays a cache can hold, features/<pooling>, in this order
+ID_ROWS = 65536  # ids written per slice
 CHUNK_BYTES = 1 << 20  # ~1 MiB chunks: small enough for row subsets, large enough for fast scans
 _JSON_ATTRS = ("poolings", "token_layers", "hidden_states", "library_versions", "corpus", "skipped", "settings")
 
@@ -152,7 +153,9 @@ def write_cache(
             dsets["truncated"] = f.create_dataset("truncated", (n_docs,), "bool", fletcher32=True, chunks=True)
             f.create_dataset("labels", data=labels.astype(np.int32), fletcher32=True, chunks=True)
             f.create_dataset("label_names", data=list(label_names), dtype=h5py.string_dtype())
-            f.create_dataset("ids", data=list(ids), dtype=h5py.string_dtype())  # vlen strings take no filters
+            id_set = f.create_dataset("ids", shape=(n_docs,), dtype=h5py.string_dtype())  # vlen: no filters
+            for start in range(0, n_docs, ID_ROWS):  # a slice at a time: no list of every id at once
+                id_set[start:start + ID_ROWS] = ids[start:start + ID_ROWS]
             token_states = None
             if "token_states" in first:
                 lengths = np.concatenate([shards.load(b)["token_lengths"] for b in range(n_blocks)])
@@ -194,13 +197,14 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _strings(values: Iterable[str]) -> bytes:
-    """Length-prefixed UTF-8: no two different lists encode alike."""
-    out = bytearray()
+def _sha_strings(values: Iterable[str]) -> str:
+    """sha256 of the strings length-prefixed in UTF-8 (no two different lists encode alike), fed one at a time."""
+    h = hashlib.sha256()
     for value in values:
         data = value.encode("utf-8", errors="surrogateescape")
-        out += len(data).to_bytes(8, "little") + data
-    return bytes(out)
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()
 
 
 def checksums(stored: dict[str, Any], label_names: Sequence[str], ids: Sequence[str] | None = None,
@@ -209,9 +213,9 @@ def checksums(stored: dict[str, Any], label_names: Sequence[str], ids: Sequence[
     given, "ids" and "labels". Every byte that changes what a cache means is covered: its features by HDF5's
     fletcher32 chunks, the rest by these."""
     sums = {f"attr:{key}": _sha(json.dumps(value, sort_keys=True).encode()) for key, value in stored.items()}
-    sums["label_names"] = _sha(_strings(label_names))
+    sums["label_names"] = _sha_strings(label_names)
     if ids is not None:
-        sums["ids"] = _sha(_strings(ids))
+        sums["ids"] = _sha_strings(ids)
     if labels is not None:
         sums["labels"] = _sha(np.ascontiguousarray(labels, dtype="<i4").tobytes())
     return sums

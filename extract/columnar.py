@@ -28,11 +28,14 @@ def refuse_dataset_dict(path: Path) -> None:
 
 
 def column_names(path: Path, kind: str) -> list[str]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    if kind == "parquet":
-        return list(pq.read_schema(path).names)
-    return list(_arrow_schema(path).names)
+    try:
+        return list(pq.read_schema(path).names if kind == "parquet" else _arrow_schema(path).names)
+    except pa.ArrowException as exc:
+        what = "Parquet file" if kind == "parquet" else "saved dataset"
+        raise InputError(f"{path}: not a readable {what} ({exc}); write it again, or convert it to CSV.") from None
 
 
 def iter_rows(path: Path, kind: str, columns: Sequence[str]) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -12,10 +12,14 @@ import importlib.util
 import io
 import json
 import sys
+from array import array
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
+
+import numpy as np
 
 from finetext.extract.columnar import column_names, is_arrow_folder, iter_rows, refuse_dataset_dict
 from finetext.extract.errors import InputError, first_rows
@@ -105,13 +109,64 @@ class CorpusSpec:
         }
 
 
+class Strings(Sequence[str]):
+    """Many strings in two compact arrays (their UTF-8 bytes, and where each ends): a few bytes a string instead of
+    a Python object's ~50, so a corpus of millions of ids stays small in memory."""
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+        self._ends = array("q")
+
+    def append(self, value: str) -> None:
+        self._data += value.encode("utf-8", errors="surrogateescape")
+        self._ends.append(len(self._data))
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        start = self._ends[i - 1] if i else 0
+        return self._data[start:self._ends[i]].decode("utf-8", errors="surrogateescape")
+
+    def __iter__(self) -> Iterator[str]:
+        start = 0
+        for end in self._ends:
+            yield self._data[start:end].decode("utf-8", errors="surrogateescape")
+            start = end
+
+
+class RowNumbers(Sequence[str]):
+    """The ids of a corpus read without an id column: its row numbers, kept as integers, given as strings."""
+
+    def __init__(self) -> None:
+        self._rows = array("q")
+
+    def append(self, row: int) -> None:
+        self._rows.append(row)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [str(r) for r in self._rows[i]]
+        return str(self._rows[i])
+
+    def __iter__(self) -> Iterator[str]:
+        return (str(r) for r in self._rows)
+
+
 @dataclass
 class CorpusSummary:
-    """What one validating pass over the corpus found."""
+    """What one validating pass over the corpus found; its memory grows by a few bytes a row."""
 
     n_docs: int
-    ids: list[str]
-    labels: list[str | None]
+    ids: Sequence[str]  # RowNumbers, or Strings for ids read from the corpus
+    labels: np.ndarray  # (n_docs,) int32 index into label_names; -1 for an unlabelled row
     label_names: list[str]
     fingerprint: str  # sha256 over (id, text, text_pair, label) of every kept row, in order
     skipped: dict[str, int] = field(default_factory=dict)  # problem -> rows dropped with skip_bad_rows
@@ -350,32 +405,48 @@ def scan(spec: CorpusSpec) -> CorpusSummary:
     """Validate every row, collect ids and labels, and fingerprint the content. Raises InputError."""
     problems = _Problems()
     h = hashlib.sha256()
-    ids: list[str] = []
-    labels: list[str | None] = []
-    seen: dict[str, int] = {}
-    duplicates = _Problems()
+    numbered = spec.id_column is None and spec.kind not in ("folder", *BUILTIN_CORPORA)  # ids: the row numbers
+    ids: RowNumbers | Strings = RowNumbers() if numbered else Strings()
+    id_hashes = array("Q")  # 8 bytes of each id's digest: duplicates are found by sorting them
+    codes = array("i")  # each row's label, numbered in order of first appearance (-1: none)
+    first_seen: dict[str, int] = {}
     for rec in iter_records(spec, problems):
-        if rec.id in seen:
-            duplicates.add("duplicate id", f"row {rec.row} (id {rec.id!r}, first at row {seen[rec.id]})")
+        if numbered:
+            ids.append(rec.row)  # unique by construction
         else:
-            seen[rec.id] = rec.row
-        ids.append(rec.id)
-        labels.append(rec.label)
+            ids.append(rec.id)
+            id_hashes.append(int.from_bytes(hashlib.blake2b(rec.id.encode("utf-8", errors="surrogateescape"),
+                                                            digest_size=8).digest(), "little"))
+        codes.append(-1 if rec.label is None else first_seen.setdefault(rec.label, len(first_seen)))
         _digest_record(h, rec)
     where = spec.source if spec.source not in BUILTIN_CORPORA else str(resolve(spec).source)
-    if duplicates.counts:
-        n = duplicates.counts["duplicate id"]
-        raise InputError(
-            f"{where}: {n} duplicate id(s): {first_rows(duplicates.rows['duplicate id'], n)}. "
-            f"Fix: {_FIXES['duplicate id']}."
-        )
+    hashes = np.frombuffer(id_hashes, dtype=np.uint64) if len(id_hashes) else np.zeros(0, np.uint64)
+    if len(np.unique(hashes)) != len(hashes):  # rare: name the rows in a second pass
+        _refuse_duplicate_ids(spec, where)
     if problems.counts and not spec.skip_bad_rows:
         lines = [
             f"  {kind}: {first_rows(problems.rows[kind], count)}. Fix: {_fix(kind, spec)}."
             for kind, count in problems.counts.items()
         ]
         raise InputError(f"{where}: {sum(problems.counts.values())} bad row(s)\n" + "\n".join(lines))
-    if not ids:
+    if not len(ids):
         raise InputError(f"{where}: no documents to read (all rows were empty or skipped).")
-    label_names = sorted({label for label in labels if label is not None})
+    label_names = sorted(first_seen)
+    order = np.array([label_names.index(name) for name in first_seen] + [-1], dtype=np.int32)  # [-1]: no label
+    labels = order[np.frombuffer(codes, dtype=np.int32) if len(codes) else np.zeros(0, np.int32)]
     return CorpusSummary(len(ids), ids, labels, label_names, h.hexdigest(), dict(problems.counts))
+
+
+def _refuse_duplicate_ids(spec: CorpusSpec, where: str) -> None:
+    """The InputError naming the first rows whose id an earlier row already has."""
+    seen: dict[str, int] = {}
+    duplicates = _Problems()
+    for rec in iter_records(spec, _Problems()):
+        if rec.id in seen:
+            duplicates.add("duplicate id", f"row {rec.row} (id {rec.id!r}, first at row {seen[rec.id]})")
+        else:
+            seen[rec.id] = rec.row
+    n = duplicates.counts["duplicate id"]
+    if n:
+        raise InputError(f"{where}: {n} duplicate id(s): {first_rows(duplicates.rows['duplicate id'], n)}. "
+                         f"Fix: {_FIXES['duplicate id']}.")

@@ -324,8 +324,7 @@ def _extract(spec: CorpusSpec, settings: ExtractSettings, output: Path, force: b
             for b, tokenized in _prefetched(todo, encoder.tokenize, reader):
                 shards.save(b, encoder.encode(tokenized, on_batch=rate))
 
-    label_index = {name: i for i, name in enumerate(summary.label_names)}
-    labels = np.array([label_index[x] if x is not None else -1 for x in summary.labels], dtype=np.int32)
+    labels = summary.labels
     attrs = _cache_attrs(spec, settings, info, length, torch_device, summary, layers_kept, identity, fingerprints)
     write_cache(output, shards, n_blocks, attrs, summary.ids, labels, summary.label_names)
     shards.remove()

@@ -45,7 +45,7 @@ def test_pairs_ids_and_unlabeled(tmp_path):
                                         id_column="key")))
     assert [(r.id, r.text, r.text_pair, r.label) for r in recs] == [("k1", "is it?", "yes", None), ("k2", "why", "so", None)]
     summary = scan(CorpusSpec(str(path), text_column="q", label_column=None))
-    assert summary.label_names == [] and summary.labels == [None, None]
+    assert summary.label_names == [] and summary.labels.tolist() == [-1, -1] and list(summary.ids) == ["1", "2"]
 
 
 def bad_csv(tmp_path, texts, labels=None):
@@ -111,8 +111,11 @@ def test_first_few_rows_then_a_count(tmp_path):
 def test_unknown_files_and_folders(tmp_path):
     with pytest.raises(InputError, match="no such file or folder"):
         scan(CorpusSpec(str(tmp_path / "nope.csv")))
+    (tmp_path / "x.xlsx").write_bytes(b"")
+    with pytest.raises(InputError, match="unknown file type '.xlsx'"):
+        scan(CorpusSpec(str(tmp_path / "x.xlsx")))
     (tmp_path / "x.parquet").write_bytes(b"")
-    with pytest.raises(InputError, match="unknown file type '.parquet'"):
+    with pytest.raises(InputError, match="x.parquet: not a readable Parquet file"):
         scan(CorpusSpec(str(tmp_path / "x.parquet")))
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no label subfolders"):
