@@ -46,15 +46,18 @@ def _pool_prior(value: str) -> float | str:
         raise argparse.ArgumentTypeError(f"expected 'auto' or a power >= 0, got {value!r}") from None
 
 
-def add_corpus_options(p: argparse.ArgumentParser) -> None:
-    """Input options shared by every command that reads text."""
+def add_corpus_options(p: argparse.ArgumentParser, labels_needed: bool = False) -> None:
+    """Input options shared by every command that reads text; `labels_needed` (finetune, baseline): no --no-labels."""
     p.add_argument("input", help="a .csv/.tsv/.jsonl/.parquet file, a folder saved by `datasets` (save_to_disk), a "
                                  "folder of per-label .txt subfolders, 'bbc', or a registered dataset name (trec, "
                                  "sst2, banking77, ...)")
     p.add_argument("--text-column", default="text", help="column holding the text (default: text)")
     p.add_argument("--text-pair-column", default=None, help="second text column, for sentence pairs")
     p.add_argument("--label-column", default="label", help="column holding the label (default: label)")
-    p.add_argument("--no-labels", action="store_true", help="the corpus has no labels")
+    if labels_needed:
+        p.set_defaults(no_labels=False)
+    else:
+        p.add_argument("--no-labels", action="store_true", help="the corpus has no labels")
     p.add_argument("--id-column", default=None, help="column holding unique ids (default: row numbers)")
     p.add_argument("--fallback-encoding", default=None,
                    help="decode text that is not UTF-8 with this codec (e.g. cp1252) instead of failing")
@@ -448,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finetune", help="fine-tune the encoder end to end with a head on top (the paper's method)",
                        description="Train the encoder and a finetext head together on a corpus or a label budget "
                                    "of it; the result folder works with predict and evaluate.")
-    add_corpus_options(p)
+    add_corpus_options(p, labels_needed=True)
     add_finetune_options(p)
     p.add_argument("--output", "-o", required=True, help="result folder: encoder/, the head, metrics.json")
     p.add_argument("--test", default=None, help="labelled test corpus (default: the test split of a registered "
@@ -462,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "`finetext finetune --budget K --seed S` draws, and write metrics.json and "
                                    "cells.jsonl for `finetext compare`. Needs `pip install 'finetext[baselines]'`.")
     p.add_argument("method", choices=["setfit"], help="setfit: the setfit package's Trainer with its defaults")
-    add_corpus_options(p)
+    add_corpus_options(p, labels_needed=True)
     p.add_argument("--test", default=None, help="labelled test corpus (default: the test split of a registered "
                                                 "dataset)")
     p.add_argument("--budget", type=int, default=None, help="labels per class, drawn as finetune draws them "
