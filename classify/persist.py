@@ -86,7 +86,7 @@ def staging_dir(directory: str | os.PathLike) -> Path:
     """A fresh empty folder beside `directory`, to be published with replace_dir."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    return Path(tempfile.mkdtemp(prefix=f".{directory.name}.staging-", dir=directory.parent))
 
 
 def replace_dir(staged: Path, directory: str | os.PathLike) -> Path:

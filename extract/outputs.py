@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
 import sys
 from contextlib import contextmanager
@@ -75,10 +76,12 @@ def _read(fd: int) -> str:
 
 
 def remove_leftovers(output: Path) -> None:
-    """Remove what interrupted runs left beside `output`: temporary files and staging folders named after it
-    (`.NAME.*.tmp`, `.NAME.*` folders). Call only while holding its lock."""
-    for path in output.parent.glob(f".{output.name}.*"):
-        if path == lock_path(output):
+    """Remove what interrupted runs left beside `output`, and nothing else: its temporary files (`.NAME.PID.tmp`),
+    staging folders (`.NAME.staging-*`) and replaced folders (`.NAME.old-PID`). Another output's files never match
+    (`.NAME.v2.lock` of an output NAME.v2 is not NAME's). Call only while holding its lock."""
+    own = re.compile(re.escape(f".{output.name}.") + r"(\d+\.tmp|staging-[A-Za-z0-9_]+|old-\d+)")
+    for path in output.parent.iterdir():
+        if not own.fullmatch(path.name):
             continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)

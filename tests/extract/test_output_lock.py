@@ -67,6 +67,11 @@ def test_leftovers_of_dead_runs_are_removed_by_the_next(tmp_path, small_csv, tin
     assert main(["extract", str(small_csv), "--model", str(tiny_bert), "-o", str(cache), "-q"]) == 0  # up to date
     assert not any(p.exists() for p in stale) and not cache.with_name("c.h5.partial").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.h5", "small.csv"]
+    others = [tmp_path / ".c.h5.v2.lock", tmp_path / ".c.h5.v2.4242.tmp"]  # another output's, c.h5.v2: not ours
+    for path in others:
+        path.write_text("held by another run")
+    assert main(["extract", str(small_csv), "--model", str(tiny_bert), "-o", str(cache), "-q"]) == 0
+    assert all(p.exists() for p in others)
 
 
 def test_two_extracts_racing_to_one_cache_leave_one_whole_result(tmp_path, tiny_bert):
