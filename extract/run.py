@@ -99,7 +99,8 @@ def _finetext_version() -> str:
         return "unknown"
 
 
-def settings_identity(settings: ExtractSettings, info: ModelInfo, max_length: int, n_layers: int) -> dict:
+def settings_identity(settings: ExtractSettings, info: ModelInfo, max_length: int, n_layers: int,
+                      subset: list[int] | None = None) -> dict:
     """Everything that changes the cached numbers; its sha256 is the settings fingerprint."""
     return {
         "schema_version": FEATURES_VERSION,  # the features' version: caches of schema 1 and 2 hold the same numbers
@@ -112,7 +113,7 @@ def settings_identity(settings: ExtractSettings, info: ModelInfo, max_length: in
         "storage_dtype": settings.storage_dtype,
         "token_layers": _token_layers(settings, n_layers),
         # a subset of hidden states only where one was asked: caches of every state keep their fingerprints
-        **({"hidden_states": kept} if (kept := subset_of_states(settings.layers, n_layers)) else {}),
+        **({"hidden_states": subset} if subset else {}),
     }
 
 
@@ -296,7 +297,9 @@ def _extract(spec: CorpusSpec, settings: ExtractSettings, output: Path, force: b
     length = _effective_max_length(settings, info)
     check_max_length(length, tokenizer, spec.text_pair_column is not None, info.model_id)
     layers_kept = _token_layers(settings, info.n_layers)
-    identity = settings_identity(settings, info, length, info.n_layers)
+    subset = subset_of_states(settings.layers, info.n_layers)  # the hidden states kept, when not all of them
+    states = subset or list(range(info.n_layers))
+    identity = settings_identity(settings, info, length, info.n_layers, subset)
     fingerprints = {"corpus_fingerprint": summary.fingerprint, "settings_fingerprint": fingerprint(identity)}
 
     if _up_to_date(output, fingerprints, identity, force):
@@ -304,7 +307,7 @@ def _extract(spec: CorpusSpec, settings: ExtractSettings, output: Path, force: b
         return ExtractResult(output, "up to date", summary.n_docs, time.perf_counter() - start)
     if output.parent and not output.parent.exists():
         output.parent.mkdir(parents=True)
-    _check_room(output, settings, summary.n_docs, info, progress)
+    _check_room(output, settings, summary.n_docs, len(states), info.hidden_size, progress)
 
     block_size = settings.docs_per_block
     shards = ShardStore(output, fingerprints, block_size)
@@ -314,7 +317,7 @@ def _extract(spec: CorpusSpec, settings: ExtractSettings, output: Path, force: b
     if not all(shards.done(b) for b in range(n_blocks)):
         encoder = BlockEncoder(load_model(resolve_model(model), revision, torch_device, settings.compute_dtype),
                                tokenizer, torch_device, settings, length, layers_kept,
-                               subset_of_states(settings.layers, info.n_layers))
+                               subset)
         done_docs = sum(min(block_size, summary.n_docs - b * block_size) for b in range(n_blocks) if shards.done(b))
         todo = ((b, block) for b, block in enumerate(_blocks(iter_records(spec), block_size)) if not shards.done(b))
         with tqdm(total=summary.n_docs, initial=done_docs, unit="doc", disable=not progress,
@@ -325,21 +328,22 @@ def _extract(spec: CorpusSpec, settings: ExtractSettings, output: Path, force: b
                 shards.save(b, encoder.encode(tokenized, on_batch=rate))
 
     labels = summary.labels
-    attrs = _cache_attrs(spec, settings, info, length, torch_device, summary, layers_kept, identity, fingerprints)
+    attrs = _cache_attrs(spec, settings, info, length, torch_device, summary, layers_kept, states, identity,
+                         fingerprints)
     write_cache(output, shards, n_blocks, attrs, summary.ids, labels, summary.label_names)
     shards.remove()
     return ExtractResult(output, "resumed" if resumed else "created", summary.n_docs, time.perf_counter() - start)
 
 
-def _check_room(output: Path, settings: ExtractSettings, n_docs: int, info: ModelInfo, progress: bool) -> None:
+def _check_room(output: Path, settings: ExtractSettings, n_docs: int, states: int, hidden: int,
+                progress: bool) -> None:
     """Say how large the pooled cache will be, and refuse to start when the disk cannot hold it: its blocks and the
     published file both exist until the end (token-level states come on top, and are not counted)."""
-    states = len(hidden_states(settings.layers, info.n_layers))
     item = 2 if settings.storage_dtype == "float16" else 4
-    size = n_docs * states * info.hidden_size * item * len(settings.poolings)
+    size = n_docs * states * hidden * item * len(settings.poolings)
     if progress:
         tqdm.write(f"extract: {output} will hold about {size / 2**20:,.1f} MiB of features ({n_docs:,} documents × "
-                   f"{states} hidden states × {info.hidden_size} × {item} bytes × {len(settings.poolings)} "
+                   f"{states} hidden states × {hidden} × {item} bytes × {len(settings.poolings)} "
                    f"pooling{'s' if len(settings.poolings) > 1 else ''})", file=sys.stderr)
     written = sum(p.stat().st_size for p in partial_dir(output).glob("block-*.npz"))
     check_free_space(output, max(2 * size - written, 0) + SLACK_BYTES, "this cache (its blocks, then the file)")
@@ -386,7 +390,7 @@ def _up_to_date(output: Path, fingerprints: dict[str, str], identity: dict[str, 
 
 
 def _cache_attrs(spec: CorpusSpec, settings: ExtractSettings, info: ModelInfo, length: int, device: torch.device,
-                 summary: CorpusSummary, layers_kept: list[int] | None, identity: dict[str, Any],
+                 summary: CorpusSummary, layers_kept: list[int] | None, states: list[int], identity: dict[str, Any],
                  fingerprints: dict[str, str]) -> dict[str, Any]:
     """The cache's self-description (docs/cache-format.md): format, model, settings, versions, corpus, fingerprints."""
     return {
@@ -396,8 +400,8 @@ def _cache_attrs(spec: CorpusSpec, settings: ExtractSettings, info: ModelInfo, l
         **{k: v for k, v in asdict(info).items() if k not in ("revision", "position_limit")},
         "model_revision": info.revision,
         "max_length": length,
-        "n_layers": len(kept := hidden_states(settings.layers, info.n_layers)),  # the hidden states cached
-        "hidden_states": kept,
+        "n_layers": len(states),  # the hidden states cached
+        "hidden_states": states,
         "poolings": settings.ordered_poolings,
         "compute_dtype": settings.compute_dtype,
         "storage_dtype": settings.storage_dtype,
