@@ -11,7 +11,8 @@ from typing import Callable, Sequence
 from finetext.classify.errors import HeadFormatError
 from finetext.extract.cache import POOLINGS
 from finetext.extract.errors import CacheFormatError, CacheMismatchError, InputError, OutputBusyError
-from finetext.pipeline.settings import CACHED_HEADS, FINETUNE_HEADS, PRECISIONS, FinetuneSettings
+from finetext.pipeline.settings import (CACHED_HEADS, FEW_SHOT_PER_CLASS, FINETUNE_HEADS, OBJECTIVES, PRECISIONS,
+                                       FinetuneSettings)
 
 HEAD_DEVICE_HELP = ("where scalar-mix and layer-attention train: cpu (default), cuda, cuda:N, mps or auto; "
                     "a GPU gives the same heads up to rounding")
@@ -236,7 +237,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _finetune_settings(args: argparse.Namespace):
     return FinetuneSettings(
-        head=args.head, pooling=args.pooling, max_length=args.max_length or FinetuneSettings.max_length,
+        objective=args.objective, head=args.head, pooling=args.pooling, max_length=args.max_length or FinetuneSettings.max_length,
         epochs=args.epochs,
         min_steps=args.min_steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
         layer_decay=args.layer_decay, head_lr=args.head_lr, warmup=args.warmup, validation=args.validation,
@@ -247,7 +248,8 @@ def _print_tasks(metrics: dict, output: str) -> None:
     for t in metrics["tasks"]:
         acc = "" if t["test_accuracy"] is None else f"  test accuracy {100 * t['test_accuracy']:.2f}%"
         print(f"{t['name']}: {t['n_train']} training documents{acc}")
-    print(f"trained {metrics['epochs_run']} epochs in {metrics['train_seconds']:.0f} s on {metrics['device']}; "
+    print(f"trained ({metrics['objective']} objective) {metrics['epochs_run']} epochs in {metrics['train_seconds']:.0f} s "
+          f"on {metrics['device']}; "
           f"saved to {output} (metrics.json)")
 
 
@@ -316,6 +318,11 @@ def add_finetune_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--revision", default=None, help="model branch, tag or commit on the hub")
     p.add_argument("--max-length", type=int, default=None, help=f"tokens per document (default {d.max_length})")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--objective", default=d.objective, choices=list(OBJECTIVES),
+                   help="contrastive: tune the encoder on pairs of labelled rows (SetFit's loss), then fit the head; "
+                        "classification: train encoder and head together on cross-entropy. auto (default): "
+                        f"contrastive up to {FEW_SHOT_PER_CLASS} labels per class. The options below, from --epochs "
+                        "on, shape the classification objective")
     p.add_argument("--head", default=d.head, choices=list(FINETUNE_HEADS), help="the head on top of the encoder")
     p.add_argument("--pooling", default=d.pooling, choices=list(POOLINGS))
     p.add_argument("--budget", type=int, default=None, help="labels per class drawn from the training corpus (default: all)")

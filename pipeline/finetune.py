@@ -1,8 +1,15 @@
 """End-to-end fine-tuning, the paper's main method, and its multi-task variant.
 
 The encoder runs with every hidden state, each is pooled per document exactly as `extract` pools it, and a
-finetext head (classify.stack) sits on top; encoder and head train together. Several tasks share the encoder
-and the layer selector, each with its own output layer, and batches are mixed across tasks.
+finetext head sits on top. Two objectives:
+
+- classification: encoder and head (classify.stack's modules) train together on cross-entropy. Several tasks
+  share the encoder and the layer selector, each with its own output layer, and batches are mixed across tasks.
+- contrastive, for few labels (SetFit's idea, Tunstall et al. 2022): the encoder learns to put documents of a
+  class close together, with SetFit's cosine-similarity loss taken over every pair of rows in a batch (a batch
+  holds groups of rows of the same class), not over pairs drawn one by one; then the head (the same estimator
+  `finetext train` fits on a cache) is fitted on the tuned encoder's pooled features of every layer.
+  `objective="auto"` takes it when the training set has at most FEW_SHOT_PER_CLASS labels per class.
 
 A result folder is an ordinary saved head (config.json + weights.safetensors) whose features come from its
 own fine-tuned encoder in `encoder/` (save_pretrained: safetensors and the tokenizer), so `finetext predict`
@@ -38,10 +45,17 @@ from finetext.extract.errors import InputError
 from finetext.extract.outputs import check_output, exclusive, remove_leftovers
 from finetext.extract.pooling import pool
 from finetext.extract.tokens import check_max_length, tokenize
-from finetext.pipeline.settings import FinetuneSettings
+from finetext.pipeline.settings import FEW_SHOT_PER_CLASS, FinetuneSettings
 from finetext.pipeline.sweep import budget_rows
 
 SELECTOR = ("w", "u", "gamma")  # the parameters a multi-task model shares across tasks (those a head has)
+
+# The contrastive objective (docs/experiments.md has the measurements behind each).
+PAIR_BATCH = 64  # rows per batch: every pair of them is in the loss
+PAIR_EPOCHS = 40  # steps: this many batches' worth of rows per labelled row (pair_steps)
+PAIR_MIN_STEPS = 10
+PAIR_LR = 1e-4  # AdamW, every encoder layer alike, rising over the first PAIR_WARMUP of the steps, then decaying
+PAIR_WARMUP = 0.1
 
 
 @dataclass
@@ -208,13 +222,14 @@ class _Split:
     corpus_rows: np.ndarray  # (n,) which rows of the corpus the budget drew
 
 
-def _split(task: Task, tokenizer, settings: FinetuneSettings, max_length: int) -> _Split:
+def _split(task: Task, tokenizer, settings: FinetuneSettings, max_length: int, validate: bool) -> _Split:
     labels = np.array([r.label for r in task.train])
     rows = budget_rows(labels, task.budget, settings.seed, f"task {task.name}")
     codes = np.searchsorted(task.classes, labels[rows])
     local = np.arange(len(rows))
     val = np.array([], dtype=np.int64)
-    if settings.validation > 0 and np.bincount(codes, minlength=len(task.classes)).min() >= settings.min_val_per_class:
+    if validate and settings.validation > 0 \
+            and np.bincount(codes, minlength=len(task.classes)).min() >= settings.min_val_per_class:
         fold = stratified_folds(codes, round(1 / settings.validation), settings.seed)
         val, local = local[fold == 0], local[fold != 0]
     tokens = Tokenized(tokenizer, [task.train[i] for i in rows], max_length)
@@ -259,10 +274,11 @@ class Finetuned:
     metrics: dict[str, Any]
 
     def predict_proba(self, task: str, records: Sequence[Record]) -> np.ndarray:
-        """(n, C) class probabilities of new records for `task`, columns in the head's classes_ order."""
+        """(n, C) class probabilities of new records for `task`, columns in the head's classes_ order: the saved
+        head on the tuned encoder's features, as `finetext predict` computes them."""
         autocast, _ = _autocast_for(self.device, self.settings.precision)
-        return predict_proba(self.net, task, Tokenized(self.tokenizer, records, self.max_length), self.device,
-                             autocast)[0]
+        tokens = Tokenized(self.tokenizer, records, self.max_length)
+        return self.heads[task].predict_proba(encode(self.net, tokens, self.device, autocast))
 
 
 def finetune(tasks: Sequence[Task], output: str | os.PathLike, *, model: str | None = None,
@@ -299,7 +315,11 @@ def train_finetune(tasks: Sequence[Task], *, model: str | None = None, revision:
     L, H = info.n_layers, info.hidden_size
     heads = {t.name: _head_module(settings.head, L, H, len(t.classes), settings.seed) for t in tasks}
     net = FinetuneModel(encoder, heads, settings.pooling).to(device)
-    splits = {t.name: _split(t, tokenizer, settings, max_length) for t in tasks}
+    objective = choose_objective(tasks, settings.objective)
+    splits = {t.name: _split(t, tokenizer, settings, max_length, objective == "classification") for t in tasks}
+    if objective == "contrastive":
+        return _train_contrastive(tasks, net, splits, tokenizer, info, settings, max_length, device, autocast,
+                                  precision, rng, progress)
 
     start = time.perf_counter()
     n_batches = sum(math.ceil(len(s.train_rows) / settings.batch_size) for s in splits.values())
@@ -325,13 +345,7 @@ def train_finetune(tasks: Sequence[Task], *, model: str | None = None, revision:
             losses.append(loss.item())
             if (i + 1) % settings.grad_accum and i + 1 < len(batches):
                 continue
-            for g in opt.param_groups:
-                g["lr"] = g["initial_lr"] * _lr_factor(step, warmup, total_steps)
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            scaler.step(opt)
-            scaler.update()
-            opt.zero_grad(set_to_none=True)
+            _optimiser_step(opt, scaler, net.parameters(), _lr_factor(step, warmup, total_steps))
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", epoch=epoch + 1)
@@ -367,12 +381,159 @@ def train_finetune(tasks: Sequence[Task], *, model: str | None = None, revision:
             _score_test(r, t, proba)
         results.append(r)
 
-    metrics = {"model": info.model_id, "tasks": [asdict(r) | {"rows": None} for r in results],
-               "train_seconds": train_seconds, "epochs_run": len(history), "total_steps": step,
-               "device": str(device), "precision": precision, "settings": asdict(settings), "history": history}
-    if len(tasks) == 1:  # the single-task metrics at the top level, as users read them
-        metrics.update({k: v for k, v in asdict(results[0]).items() if k not in ("name", "rows")})
+    metrics = _metrics(info, "classification", results, train_seconds, history, step, device, precision, settings)
     return Finetuned(net, tokenizer, info, settings, max_length, device, exports, results, metrics)
+
+
+def _metrics(info, objective: str, results: list[TaskResult], train_seconds: float, history: list[dict[str, Any]],
+             steps: int, device: torch.device, precision: str, settings: FinetuneSettings) -> dict[str, Any]:
+    metrics = {"model": info.model_id, "objective": objective, "tasks": [asdict(r) | {"rows": None} for r in results],
+               "train_seconds": train_seconds, "epochs_run": len(history), "total_steps": steps,
+               "device": str(device), "precision": precision, "settings": asdict(settings), "history": history}
+    if len(results) == 1:  # the single-task metrics at the top level, as users read them
+        metrics.update({k: v for k, v in asdict(results[0]).items() if k not in ("name", "rows")})
+    return metrics
+
+
+def choose_objective(tasks: Sequence[Task], objective: str) -> str:
+    """The objective `auto` stands for: contrastive when every task has at most FEW_SHOT_PER_CLASS training rows
+    per class, classification otherwise."""
+    if objective != "auto":
+        return objective
+    per_class = [t.budget if t.budget is not None else len(t.train) / len(t.classes) for t in tasks]
+    return "contrastive" if max(per_class) <= FEW_SHOT_PER_CLASS else "classification"
+
+
+def pair_loss(embeddings: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """SetFit's cosine-similarity loss over every pair of distinct rows of a batch: (1 - cos)² for two rows of one
+    class, cos² for two of different classes, each kind weighing a half (SetFit draws as many pairs of each).
+
+    embeddings: (n, H); codes: (n,) class indices."""
+    z = F.normalize(embeddings, dim=-1)
+    cos = z @ z.T
+    same = codes[:, None] == codes[None]
+    other = ~same
+    same.fill_diagonal_(False)
+    parts = [((1 - cos[same]) ** 2).mean()] if same.any() else []
+    parts += [(cos[other] ** 2).mean()] if other.any() else []
+    return torch.stack(parts).mean()
+
+
+def pair_steps(n_rows: int) -> int:
+    """Optimiser steps of the contrastive objective for n labelled rows: PAIR_EPOCHS passes of PAIR_BATCH rows'
+    worth, at least PAIR_MIN_STEPS. While every row fits one batch a step sees all n(n-1)/2 pairs, so a few rows
+    need few steps; beyond a batch the steps grow with the rows, not with the pairs as SetFit's do."""
+    return max(PAIR_MIN_STEPS, math.ceil(PAIR_EPOCHS * n_rows / PAIR_BATCH))
+
+
+def pair_batches(codes: np.ndarray, rows: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    """One pass over `rows` in batches of at most PAIR_BATCH rows: all of them when they fit, else shuffled groups
+    of rows of one class (2-8 rows, fewer classes give bigger groups), so that every batch holds pairs of both
+    kinds. codes: class index per row (indexed by the values of `rows`)."""
+    if len(rows) <= PAIR_BATCH:
+        return [rows]
+    present = np.unique(codes[rows])
+    size = int(np.clip(PAIR_BATCH // len(present), 2, 8))
+    groups = []
+    for c in present:
+        mine = rows[codes[rows] == c]
+        mine = mine[rng.permutation(len(mine))]
+        groups += [mine[i:i + size] for i in range(0, len(mine), size)]
+    batches, current, filled = [], [], 0
+    for i in rng.permutation(len(groups)):
+        if filled + len(groups[i]) > PAIR_BATCH:
+            batches.append(np.concatenate(current))
+            current, filled = [], 0
+        current.append(groups[i])
+        filled += len(groups[i])
+    return batches + [np.concatenate(current)]
+
+
+def _train_contrastive(tasks: Sequence[Task], net: FinetuneModel, splits: dict[str, _Split], tokenizer, info,
+                       settings: FinetuneSettings, max_length: int, device: torch.device, autocast, precision: str,
+                       rng: np.random.Generator, progress: bool) -> Finetuned:
+    """The contrastive objective: tune the encoder on pairs of labelled rows (the last layer's pooled vector),
+    then fit each task's head on the pooled features of every layer."""
+    start = time.perf_counter()
+    plan = []  # (epoch, task, rows) per optimiser step
+    while len(plan) < pair_steps(sum(len(s.train_rows) for s in splits.values())):
+        batches = [(name, b) for name, s in splits.items() for b in pair_batches(s.codes, s.train_rows, rng)]
+        epoch = plan[-1][0] + 1 if plan else 0
+        plan += [(epoch, *batches[i]) for i in rng.permutation(len(batches))]
+    plan = plan[:pair_steps(sum(len(s.train_rows) for s in splits.values()))]
+    opt = torch.optim.AdamW(net.encoder.parameters(), lr=PAIR_LR, weight_decay=0.01)
+    for g in opt.param_groups:
+        g["initial_lr"] = g["lr"]
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+    warmup = int(PAIR_WARMUP * len(plan))
+    history, losses = [], []
+    bar = tqdm(total=len(plan), desc="finetune (pairs)", unit="step", disable=not progress, dynamic_ncols=True)
+    for step, (epoch, name, rows) in enumerate(plan):
+        s = splits[name]
+        with autocast():
+            embeddings = net.features(s.tokens.batch(rows, device))[:, -1]
+        loss = pair_loss(embeddings.float(), torch.from_numpy(s.codes[rows]).to(device))
+        scaler.scale(loss).backward()
+        _optimiser_step(opt, scaler, net.encoder.parameters(), _lr_factor(step, warmup, len(plan)))
+        losses.append(loss.item())
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(losses[-10:]):.4f}", epoch=epoch + 1)
+        if step + 1 == len(plan) or plan[step + 1][0] != epoch:
+            history.append({"epoch": epoch + 1, "pair_loss": float(np.mean(losses)),
+                            "seconds": time.perf_counter() - start})
+            losses = []
+    bar.close()
+
+    heads, results = {}, []
+    for t in tasks:
+        s = splits[t.name]
+        X = encode(net, s.tokens.subset(s.train_rows), device, autocast)
+        heads[t.name] = _cached_head(settings).fit(X, t.classes[s.codes[s.train_rows]])
+    train_seconds = time.perf_counter() - start
+    for t in tasks:
+        s = splits[t.name]
+        r = TaskResult(t.name, len(s.train_rows), 0, rows=s.corpus_rows.tolist())
+        if t.test:
+            X = encode(net, Tokenized(tokenizer, t.test, max_length), device, autocast)
+            _score_test(r, t, heads[t.name].predict_proba(X))
+        results.append(r)
+    metrics = _metrics(info, "contrastive", results, train_seconds, history, len(plan), device, precision, settings)
+    return Finetuned(net, tokenizer, info, settings, max_length, device, heads, results, metrics)
+
+
+def _cached_head(settings: FinetuneSettings):
+    """The estimator the contrastive objective fits on the tuned features: `finetext train`'s head of that name."""
+    if settings.head == "last-layer":
+        return LastLayerLogReg(random_state=settings.seed)
+    return (LayerAttention if settings.head == "layer-attention" else ScalarMix)(random_state=settings.seed)
+
+
+def _optimiser_step(opt: torch.optim.Optimizer, scaler, params, factor: float) -> None:
+    """One step at `factor` times each group's initial learning rate, gradients clipped to norm 1."""
+    for g in opt.param_groups:
+        g["lr"] = g["initial_lr"] * factor
+    scaler.unscale_(opt)
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    scaler.step(opt)
+    scaler.update()
+    opt.zero_grad(set_to_none=True)
+
+
+@torch.inference_mode()
+def encode(net: FinetuneModel, tokens: Tokenized, device: torch.device, autocast,
+           batch_tokens: int = 4096) -> np.ndarray:
+    """(n, L, H) every layer's pooled vector of each document, in fp32, as a cache holds them."""
+    was = net.training
+    net.eval()
+    out = None
+    for rows in token_budget_batches(tokens.lengths, batch_tokens):
+        with autocast():
+            x = net.features(tokens.batch(rows, device)).float().cpu().numpy()
+        if out is None:
+            out = np.empty((len(tokens.lengths), *x.shape[1:]), np.float32)
+        out[rows] = x
+    net.train(was)
+    return out
 
 
 def _lr_factor(step: int, warmup: int, total_steps: int) -> float:
@@ -452,7 +613,8 @@ def save_finetuned(trained: Finetuned, tasks: Sequence[Task], output: str | os.P
                 if r.test_accuracy is None:
                     continue
                 f.write(json.dumps({"head": kind, "task": t.name, "budget": "all" if t.budget is None else str(t.budget),
-                                    "seed": settings.seed, "n_train": len(r.rows), "accuracy": r.test_accuracy,
+                                    "seed": settings.seed, "objective": metrics["objective"], "n_train": len(r.rows),
+                                    "accuracy": r.test_accuracy,
                                     "macro_f1": r.test_macro_f1, "fit_seconds": metrics["train_seconds"],
                                     "rows": r.rows}) + "\n")
         return replace_dir(staged, output)

@@ -10,6 +10,8 @@ from finetext.extract.errors import InputError
 CACHED_HEADS = ("last-layer", "scalar-mix", "layer-attention")  # what sweep and train fit on a cache: sweep.HEADS
 FINETUNE_HEADS = ("layer-attention", "scalar-mix", "last-layer")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+OBJECTIVES = ("auto", "contrastive", "classification")  # finetune.choose_objective says what auto picks
+FEW_SHOT_PER_CLASS = 64  # objective auto: contrastive up to this many training rows per class (docs/experiments.md)
 
 
 @dataclass
@@ -18,6 +20,7 @@ class FinetuneSettings:
     MiniLM (dev accuracy: lr 1e-4 × 4 epochs 93.8%, ×6 94.7%; 2e-4 × 4 94.7%; 5e-5 × 6 94.3%; no layer decay
     93.98%), never on its test set."""
 
+    objective: str = "auto"  # contrastive for few labels per class, else classification (finetune.py)
     head: str = "layer-attention"
     pooling: str = "mean"
     max_length: int = 128  # tokens per document (capped at the model's limit)
@@ -41,6 +44,8 @@ class FinetuneSettings:
     def __post_init__(self) -> None:
         if self.head not in FINETUNE_HEADS:
             raise InputError(f"head: expected one of {', '.join(FINETUNE_HEADS)}, got {self.head!r}.")
+        if self.objective not in OBJECTIVES:
+            raise InputError(f"objective: expected one of {', '.join(OBJECTIVES)}, got {self.objective!r}.")
         if self.pooling not in POOLINGS:
             raise InputError(f"pooling: expected one of {', '.join(POOLINGS)}, got {self.pooling!r}.")
         if self.precision not in PRECISIONS:

@@ -18,7 +18,7 @@ from tests.conftest import write_csv
 WORDS = {"sport": ["goal", "match", "cup", "striker", "league"], "money": ["shares", "profit", "bank", "market", "rates"],
          "music": ["album", "song", "band", "concert", "guitar"]}
 # the CPU is the reference device of the tests, also on a machine with a GPU (bf16 autocast there)
-FAST = dict(device="cpu", lr=2e-3, head_lr=1e-2, epochs=1, min_steps=40, batch_size=8, warmup=0.0, dropout=0.0,
+FAST = dict(objective="classification", device="cpu", lr=2e-3, head_lr=1e-2, epochs=1, min_steps=40, batch_size=8, warmup=0.0, dropout=0.0,
             max_length=32)
 
 
@@ -132,9 +132,11 @@ def test_multitask_cached_and_compare_from_the_cli(tiny_bert, tmp_path, capsys):
 
     csv = tmp_path / "topics-train.csv"
     assert main(["finetune", str(csv), "--model", str(tiny_bert), "--test", str(tmp_path / "topics-test.csv"),
-                 "--output", str(tmp_path / "ft"), "--min-steps", "4", "--epochs", "1", "--name", "topics", "-q"]) == 0
+                 "--output", str(tmp_path / "ft"), "--objective", "classification", "--min-steps", "4", "--epochs", "1",
+                 "--name", "topics", "-q"]) == 0
     metrics = json.loads((tmp_path / "ft" / "metrics.json").read_text())
-    assert 0 <= metrics["test_accuracy"] <= 1
+    assert 0 <= metrics["test_accuracy"] <= 1 and metrics["objective"] == "classification"
+    assert metrics["total_steps"] == 4 and metrics["settings"]["objective"] == "classification"
     assert main(["evaluate", "--head", str(tmp_path / "ft"), "--input", str(tmp_path / "topics-test.csv")]) == 0
     assert f"accuracy {100 * metrics['test_accuracy']:.2f}%" in capsys.readouterr().out
     # the fine-tuned encoder's own cache is accepted; the original model's is refused
@@ -185,4 +187,74 @@ def test_any_task_name_works_even_the_names_of_module_methods(tiny_bert, tmp_pat
     assert main(["finetune", str(tmp_path / "train.csv"), "--test", str(tmp_path / "test.csv"), "-o",
                  str(tmp_path / "ft"), "--model", str(tiny_bert), "--device", "cpu", "--min-steps", "4",
                  "--max-length", "32", "--quiet"]) == 0
-    assert "train: 24 training documents" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "train: 24 training documents" in out and "(contrastive objective)" in out  # 8 labels per class
+    assert json.loads((tmp_path / "ft" / "metrics.json").read_text())["objective"] == "contrastive"
+
+
+def test_the_pair_loss_is_setfits_cosine_loss_over_every_pair_with_both_kinds_weighing_alike():
+    import torch
+
+    from finetext.pipeline.finetune import pair_loss
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 5, generator=gen)
+    codes = torch.tensor([0, 0, 1, 2, 1, 0, 2])
+    cos = torch.nn.functional.cosine_similarity(x[:, None], x[None], dim=-1)
+    same = [(1 - cos[i, j]) ** 2 for i in range(7) for j in range(7) if i != j and codes[i] == codes[j]]
+    other = [cos[i, j] ** 2 for i in range(7) for j in range(7) if codes[i] != codes[j]]
+    expected = 0.5 * torch.stack(same).mean() + 0.5 * torch.stack(other).mean()
+    assert pair_loss(x, codes).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert pair_loss(x[:2], codes[:2]).item() == pytest.approx(((1 - cos[0, 1]) ** 2).item(), rel=1e-5)  # one kind
+
+
+def test_pair_batches_visit_every_row_once_in_groups_of_a_class():
+    from finetext.pipeline.finetune import PAIR_BATCH, pair_batches
+
+    rng = np.random.default_rng(0)
+    codes = np.repeat(np.arange(20), 9)  # 180 rows, 20 classes
+    rows = np.arange(180)[::-1].copy()
+    batches = pair_batches(codes, rows, rng)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(180))
+    assert all(len(b) <= PAIR_BATCH for b in batches) and len(batches) == 3
+    for b in batches:  # groups of 3 rows of a class (64 // 20 classes), the odd one out per class alone
+        counts = np.bincount(codes[b])
+        assert counts.max() >= 3 and np.isin(counts, [0, 1, 3, 6, 9]).all()
+    assert [b.tolist() for b in pair_batches(codes, rows[:40], rng)] == [rows[:40].tolist()]  # one batch: all rows
+
+
+def test_the_objective_auto_picks_contrastive_for_few_labels_per_class():
+    from finetext.pipeline.finetune import choose_objective, pair_steps
+    from finetext.pipeline.settings import FEW_SHOT_PER_CLASS
+
+    few, many = _records(4, 0), _records(FEW_SHOT_PER_CLASS + 1, 0)
+    assert choose_objective([Task("t", few)], "auto") == "contrastive"
+    assert choose_objective([Task("t", many)], "auto") == "classification"
+    assert choose_objective([Task("t", many, budget=8)], "auto") == "contrastive"
+    assert choose_objective([Task("t", few), Task("u", many)], "auto") == "classification"
+    assert choose_objective([Task("t", many)], "contrastive") == "contrastive"
+    with pytest.raises(InputError, match="objective: expected one of"):
+        FinetuneSettings(objective="triplet")
+    assert pair_steps(16) == pair_steps(8)  # the floor
+    assert pair_steps(48) < pair_steps(640) < pair_steps(6400)
+
+
+def test_a_tiny_model_tunes_contrastively_and_its_saved_head_predicts_the_same(tiny_bert, tmp_path, monkeypatch):
+    from finetext.pipeline import finetune as ft
+
+    monkeypatch.setattr(ft, "PAIR_LR", 2e-3)  # a random tiny model learns in a few steps only this fast
+    task = Task("topics", _records(10, 0), _records(5, 1))
+    settings = FinetuneSettings(**{**FAST, "objective": "auto"})
+    trained = train_finetune([task], model=str(tiny_bert), settings=settings, progress=False)
+    metrics = trained.metrics
+    assert metrics["objective"] == "contrastive" and metrics["total_steps"] == ft.pair_steps(30)
+    losses = [h["pair_loss"] for h in metrics["history"]]
+    assert losses[-1] < 0.5 * losses[0]
+    assert metrics["test_accuracy"] > 0.6  # chance is 1/3
+    save_finetuned(trained, [task], tmp_path / "ft")
+    new = _records(4, 7)
+    rows = predict_texts(str(tmp_path / "ft"), texts=[r.text for r in new], device="cpu")
+    np.testing.assert_allclose([[r[f"p_{c}"] for c in trained.heads["topics"].classes_] for r in rows],
+                               trained.predict_proba("topics", new), atol=1e-5)
+    cell = json.loads((tmp_path / "ft" / "cells.jsonl").read_text())
+    assert cell["objective"] == "contrastive" and cell["head"] == "finetune-layer-attention"
