@@ -9,7 +9,8 @@ default settings) and SetFit (`finetext baseline setfit`: setfit's published def
 loaded machine weighs on both alike), and are scored on the whole test set. The cached heads (last-layer and
 layer-attention on the packaged MiniLM's cache of the same corpus) fit the same rows, plain and with the
 unlabelled pool (the pool prior, `--pool-prior auto`). Every run's folder stays under --out; a cell whose folders are there is read back, so an
-interrupted run resumes where it stopped. Datasets: ../shared/data's TREC-6, SST-2 and banking77 with their test
+interrupted run resumes where it stopped; at the end `finetext compare` draws each dataset's learning curve with
+the README's sweep (runs/sweeps/NAME, when there), finetune and SetFit. Datasets: ../shared/data's TREC-6, SST-2 and banking77 with their test
 sets; BBC News split 80/20 (stratified, seed 0, as `sweep` splits a cache without --test).
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ from common import ROOT, SHARED, DATASETS, build, cpu_name
 
 from finetext.extract import CorpusSpec
 from finetext.pipeline.baseline import drawn_rows, run_setfit
+from finetext.pipeline.compare import compare_runs
 from finetext.pipeline.finetune import Task, finetune, read_corpus
 from finetext.pipeline.settings import FinetuneSettings
 from finetext.pipeline.sweep import SweepConfig, fit_cells, load_data, make_head
@@ -91,6 +93,7 @@ def main() -> None:
     print("| set | labels/class | finetune acc | SetFit acc | finetune s | SetFit s | time ratio | "
           "cached last-layer | + pool prior | cached layer-attention |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    done: dict[str, list[Path]] = {}
     for cell in args.cells.split(","):
         name, budget = cell.split(":")
         budget = int(budget)
@@ -108,12 +111,19 @@ def main() -> None:
                   f"{results[-1]['setfit']['train_seconds']:.0f} s [{time.perf_counter() - start:.0f} s]", flush=True)
         acc = {m: 100 * np.mean([r[m]["test_accuracy"] for r in results]) for m in ("finetune", "setfit")}
         sec = {m: np.mean([r[m]["train_seconds"] for r in results]) for m in ("finetune", "setfit")}
+        done.setdefault(name, []).extend(args.out / f"{name}-{budget}" / f"seed{s}" / m for s in seeds
+                                         for m in ("finetune", "setfit"))
         cached = cached_cells(name, np.array([r.label for r in train]), seeds, rows_of)
         print(f"| {name} | {budget} | {acc['finetune']:.1f} | {acc['setfit']:.1f} | {sec['finetune']:.0f} | "
               f"{sec['setfit']:.0f} | {sec['finetune'] / sec['setfit']:.2f} | "
               + " | ".join(f"{100 * np.mean(cached[k]):.1f}" for k in ("last-layer", "last-layer + pool prior",
                                                                       "layer-attention"))
               + " |", flush=True)
+    for name, folders in done.items():  # one learning curve: the README's sweep (10 seeds), finetune and SetFit
+        sweep = ROOT / "runs" / "sweeps" / name
+        runs = [str(f) for f in ([sweep] if (sweep / "cells.jsonl").exists() else []) + folders]
+        compare_runs(runs, str(args.out / f"compare-{name}"), task=name)
+        print(f"{name}: finetext compare {' '.join(runs)} -> {args.out / f'compare-{name}'}")
 
 
 if __name__ == "__main__":

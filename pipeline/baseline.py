@@ -31,6 +31,17 @@ def drawn_rows(task: Task, seed: int) -> np.ndarray:
     return budget_rows(np.array([r.label for r in task.train]), task.budget, seed, f"task {task.name}")
 
 
+def _quiet_setfit() -> None:
+    """No bars or info lines from setfit, datasets and transformers (setfit turns transformers' info on)."""
+    import datasets
+    import setfit
+    import transformers
+
+    datasets.disable_progress_bars()
+    setfit.logging.set_verbosity_error()
+    transformers.logging.set_verbosity_error()
+
+
 def run_setfit(task: Task, output: str | os.PathLike, *, seed: int = 0, model: str | None = None,
                progress: bool = True) -> dict[str, Any]:
     """Train SetFit (setfit's TrainingArguments defaults, but for the seed) on the task's drawn rows, score it on the
@@ -53,9 +64,15 @@ def run_setfit(task: Task, output: str | os.PathLike, *, seed: int = 0, model: s
         remove_leftovers(out)
         with tempfile.TemporaryDirectory(prefix="finetext-setfit-") as scratch:  # setfit's checkpoints, not kept
             args = TrainingArguments(output_dir=scratch, seed=seed, show_progress_bar=progress, report_to="none")
+            if not progress:
+                _quiet_setfit()
             trainer = Trainer(model=SetFitModel.from_pretrained(resolve_model(model)), args=args,
                               train_dataset=Dataset.from_dict({"text": [r.text for r in train],
                                                                "label": [r.label for r in train]}))
+            if not progress:  # the transformers Trainer underneath draws its own bar and prints its logs
+                from transformers.trainer_callback import ProgressCallback
+
+                trainer.st_trainer.remove_callback(ProgressCallback)
             start = time.perf_counter()
             trainer.train()
             seconds = time.perf_counter() - start

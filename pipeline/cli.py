@@ -6,13 +6,13 @@ import errno
 import json
 import os
 import sys
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from finetext.classify.errors import HeadFormatError
 from finetext.extract.cache import POOLINGS
 from finetext.extract.errors import CacheFormatError, CacheMismatchError, InputError, OutputBusyError
-from finetext.pipeline.settings import (CACHED_HEADS, FEW_SHOT_PER_CLASS, FINETUNE_HEADS, OBJECTIVES, PRECISIONS,
-                                       FinetuneSettings)
+from finetext.pipeline.settings import (CACHED_HEADS, DEFAULT_STRATEGIES, FEW_SHOT_PER_CLASS, FINETUNE_HEADS,
+                                       OBJECTIVES, PRECISIONS, STRATEGY_NAMES, FinetuneSettings)
 
 HEAD_DEVICE_HELP = ("where scalar-mix and layer-attention train: cpu (default), cuda, cuda:N, mps or auto; "
                     "a GPU gives the same heads up to rounding")
@@ -133,6 +133,35 @@ def _verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study_config(args: argparse.Namespace, cls, command: str, build: Callable[[], Any]):
+    """A sweep's or simulation's config: --config FILE.toml (--output moves it), or `build()` from the options."""
+    if args.config:
+        config = cls.from_toml(args.config)
+        if args.output:
+            config.output = args.output
+        return config
+    if not args.train or not args.output:
+        raise InputError(f"{command}: give --train CACHE and --output DIR (or --config FILE.toml).")
+    return build()
+
+
+def _print_written(out) -> None:
+    print("\n".join(f"wrote {p}" for p in sorted(out.glob("*")) if p.suffix in (".csv", ".json", ".md", ".png", ".toml")))
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from finetext.pipeline.simulate import SimulateConfig, run_simulation
+
+    config = _study_config(args, SimulateConfig, "simulate", lambda: SimulateConfig(
+        train=args.train, test=args.test, output=args.output, test_fraction=args.test_fraction,
+        strategies=args.strategies, head=args.head, start=args.start, step=args.step, until=args.until,
+        seeds=args.seeds, pooling=args.pooling, device=args.device))
+    out = run_simulation(config, progress=not args.quiet)
+    print((out / "summary.md").read_text().split("\n\n", 1)[1].rstrip())
+    _print_written(out)
+    return 0
+
+
 def _sweep(args: argparse.Namespace) -> int:
     from finetext.pipeline.report import labels_needed, summarize, summary_table
     from finetext.pipeline.sweep import HEADS, SweepConfig, head_params, read_cells, run_sweep
@@ -146,22 +175,16 @@ def _sweep(args: argparse.Namespace) -> int:
             raise InputError(f"sweep: {' and '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to "
                              "--config, which reruns the sweep as recorded; set them in its "
                              "[sweep.params.\"layer-attention\"] table, or drop --config.")
-        config = SweepConfig.from_toml(args.config)
-        if args.output:
-            config.output = args.output
-    else:
-        if not args.train or not args.output:
-            raise InputError("sweep: give --train CACHE and --output DIR (or --config FILE.toml).")
-        config = SweepConfig(train=args.train, test=args.test, output=args.output, heads=args.heads,
-                             budgets=args.budgets, budget_mode=args.budget_mode, seeds=args.seeds,
-                             pooling=args.pooling, layers=args.layers, test_fraction=args.test_fraction,
-                             device=args.device, pool_prior=args.pool_prior,
-                             params=head_params(args.heads, args.precision))
+    config = _study_config(args, SweepConfig, "sweep", lambda: SweepConfig(
+        train=args.train, test=args.test, output=args.output, heads=args.heads, budgets=args.budgets,
+        budget_mode=args.budget_mode, seeds=args.seeds, pooling=args.pooling, layers=args.layers,
+        test_fraction=args.test_fraction, device=args.device, pool_prior=args.pool_prior,
+        params=head_params(args.heads, args.precision)))
     out = run_sweep(config, progress=not args.quiet, verbose=args.verbose)
     summary = summarize(read_cells(out / "cells.jsonl"))
     per_class = config.budget_mode == "per-class"
     print(summary_table(summary, per_class=per_class) + "\n\n" + labels_needed(summary, per_class=per_class))
-    print("\n".join(f"wrote {p}" for p in sorted(out.glob("*")) if p.suffix in (".csv", ".json", ".md", ".png", ".toml")))
+    _print_written(out)
     return 0
 
 
@@ -500,10 +523,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", required=True, help="result folder")
     p.set_defaults(handler=_multitask)
 
+    p = sub.add_parser("simulate", help="which texts to label: active-learning strategies simulated on a cache",
+                       description="From a seeded, stratified start set, each round every strategy picks the next "
+                                   "--step rows among the training rows it has not labelled, the head retrains, and "
+                                   "its test accuracy is recorded against the labels, until --until labels; seeds "
+                                   "are independent campaigns. Resumable; `finetext compare` reads the folder.")
+    p.add_argument("--train", help="training cache: the pool the strategies pick from (its labels told as picked)")
+    p.add_argument("--test", help="test cache (default: a stratified split of the training cache)")
+    p.add_argument("--test-fraction", type=float, default=0.2, help="split size when there is no --test")
+    p.add_argument("--strategies", type=_csv_list, default=list(DEFAULT_STRATEGIES),
+                   help=f"comma-separated: {', '.join(STRATEGY_NAMES)} (default: {','.join(DEFAULT_STRATEGIES)})")
+    p.add_argument("--head", default="last-layer", choices=list(CACHED_HEADS), help="the head each round retrains")
+    p.add_argument("--start", type=int, default=2, help="labels per class in the seeded, stratified start set")
+    p.add_argument("--step", type=int, default=12, help="labels added per round, in total")
+    p.add_argument("--until", type=int, default=384, help="labels in total at the end")
+    p.add_argument("--seeds", type=int, default=10, help="independent campaigns per strategy (default 10)")
+    p.add_argument("--pooling", default="mean", help="which cached pooling to use")
+    p.add_argument("--output", "-o", help="results folder")
+    p.add_argument("--config", help="rerun a simulation from its config.toml")
+    p.add_argument("--device", default="cpu", help=HEAD_DEVICE_HELP)
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_simulate)
+
     p = sub.add_parser("compare", help="one report from sweeps, fine-tuning and multi-task runs",
                        description="Merge the results of sweep, finetune and multitask folders into one table "
                                    "(accuracy with CIs and training seconds per budget) and plots.")
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="folders written by sweep, finetune or multitask")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="folders written by sweep, simulate, finetune, baseline or multitask")
     p.add_argument("--task", default=None, help="keep rows of this task only (runs that name no task count as it)")
     p.add_argument("--output", "-o", required=True, help="report folder")
     p.set_defaults(handler=_compare)

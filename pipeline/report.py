@@ -119,10 +119,12 @@ def learning_curve_figure(summary: list[dict[str, Any]], title: str | None = Non
         x = np.array([labels[id(r)] for r in rows])
         y = np.array([100 * r["accuracy"] for r in rows])
         ci = np.array([100 * r["accuracy_ci"] for r in rows])
-        ax.plot(x, y, marker="o", label=head)
+        ax.plot(x, y, marker="o", markersize=6 if len(x) <= 12 else 3, label=head)
         ax.fill_between(x, y - ci, y + ci, alpha=0.2)
     ax.set_xscale("log")
     ticks = sorted({round(v) for v in labels.values()})
+    if len(ticks) > 12:  # many rounds (simulate): the ends and the powers of two between them
+        ticks = sorted({ticks[0], ticks[-1]} | {t for t in ticks if t & (t - 1) == 0 and ticks[0] * 1.3 < t < ticks[-1] / 1.3})
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.minorticks_off()
     ax.set_xlabel(f"labelled training documents{' per class' if per_class else ''} (log scale)")

@@ -8,6 +8,8 @@ from finetext.extract.cache import POOLINGS
 from finetext.extract.errors import InputError
 
 CACHED_HEADS = ("last-layer", "scalar-mix", "layer-attention")  # what sweep and train fit on a cache: sweep.HEADS
+STRATEGY_NAMES = ("random", "uncertainty", "margin", "entropy", "diversity")  # simulate: classify.active.STRATEGIES
+DEFAULT_STRATEGIES = ["random", "uncertainty", "margin", "diversity"]
 FINETUNE_HEADS = ("layer-attention", "scalar-mix", "last-layer")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OBJECTIVES = ("auto", "contrastive", "classification")  # finetune.choose_objective says what auto picks
@@ -23,7 +25,7 @@ class FinetuneSettings:
     objective: str = "auto"  # contrastive for few labels per class, else classification (finetune.py)
     head: str = "layer-attention"
     pooling: str = "mean"
-    max_length: int = 128  # tokens per document (capped at the model's limit)
+    max_length: int = 256  # tokens per document (capped at the model's limit); MiniLM's sentence-transformers limit
     epochs: int = 4
     min_steps: int = 150  # small label budgets get more epochs: at least this many optimiser steps
     batch_size: int = 32

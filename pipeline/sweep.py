@@ -124,7 +124,7 @@ class SweepConfig:
         return cls(**config)
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
@@ -132,7 +132,7 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, str):
         return json.dumps(value)  # a JSON string is a valid TOML basic string
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
 
 
@@ -143,13 +143,13 @@ def write_config(config: SweepConfig, path: Path, provenance: dict[str, Any]) ->
     params = data.pop("params")
     for key, value in data.items():
         if value is not None:
-            lines.append(f"{key} = {_toml_value(value)}")
+            lines.append(f"{key} = {toml_value(value)}")
     for head, hp in params.items():
         lines.append(f"\n[sweep.params.{json.dumps(head)}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in hp.items()]
+        lines += [f"{k} = {toml_value(v)}" for k, v in hp.items()]
     for section, values in provenance.items():
         lines.append(f"\n[{section}]")
-        lines += [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in values.items() if v is not None]
+        lines += [f"{json.dumps(k)} = {toml_value(v)}" for k, v in values.items() if v is not None]
     publish_text(path, "\n".join(lines) + "\n")
 
 
@@ -308,7 +308,7 @@ def read_cells(path: Path) -> list[dict[str, Any]]:
     return cells
 
 
-def _append_cells(path: Path, cells: list[dict[str, Any]]) -> None:
+def append_cells(path: Path, cells: list[dict[str, Any]]) -> None:
     with open(path, "a", encoding="utf-8") as f:
         for cell in cells:
             f.write(json.dumps(cell) + "\n")
@@ -406,7 +406,7 @@ def _run_sweep(config: SweepConfig, progress: bool, replace_other: bool, verbose
                 if hasattr(model, "layer_weights_"):
                     cell["layer_weights"] = [float(w) for w in model.layer_weights_]
                 cells.append(cell)
-            _append_cells(cells_path, cells)
+            append_cells(cells_path, cells)
             bar.update(len(cells))
     cells = read_cells(cells_path)
     write_report(out, cells, config, data)
