@@ -103,14 +103,15 @@ def _head_module(kind: str, L: int, H: int, C: int, seed: int) -> torch.nn.Modul
 
 
 class FinetuneModel(torch.nn.Module):
-    """Encoder + one head per task; pooled hidden states (n, L, H) feed the task's head. Heads are held in a
-    ModuleList by position, so any task name works (a ModuleDict refuses names like `train` or `to`)."""
+    """Encoder + one head per task (none for the contrastive objective, whose heads are fitted estimators); pooled
+    hidden states (n, L, H) feed the task's head. Heads are held in a ModuleList by position, so any task name
+    works (a ModuleDict refuses names like `train` or `to`)."""
 
     def __init__(self, encoder: torch.nn.Module, heads: dict[str, torch.nn.Module], pooling: str) -> None:
         super().__init__()
         self.encoder, self.heads, self.pooling = encoder, torch.nn.ModuleList(heads.values()), pooling
         self.tasks = {name: i for i, name in enumerate(heads)}
-        first = next(iter(heads.values()))
+        first = next(iter(heads.values()), None)
         for head in list(heads.values())[1:]:  # the multi-task variant shares the layer selector
             for name in SELECTOR:
                 if isinstance(getattr(first, name, None), torch.nn.Parameter):
@@ -313,9 +314,10 @@ def train_finetune(tasks: Sequence[Task], *, model: str | None = None, revision:
                      info.model_id)
     encoder = load_model(resolve_model(model), revision, device, "fp32").train()
     L, H = info.n_layers, info.hidden_size
-    heads = {t.name: _head_module(settings.head, L, H, len(t.classes), settings.seed) for t in tasks}
-    net = FinetuneModel(encoder, heads, settings.pooling).to(device)
     objective = choose_objective(tasks, settings.objective)
+    heads = {t.name: _head_module(settings.head, L, H, len(t.classes), settings.seed) for t in tasks} \
+        if objective == "classification" else {}  # contrastive: the heads are estimators fitted afterwards
+    net = FinetuneModel(encoder, heads, settings.pooling).to(device)
     splits = {t.name: _split(t, tokenizer, settings, max_length, objective == "classification") for t in tasks}
     if objective == "contrastive":
         return _train_contrastive(tasks, net, splits, tokenizer, info, settings, max_length, device, autocast,
