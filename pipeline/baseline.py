@@ -84,7 +84,8 @@ def run_setfit(task: Task, output: str | os.PathLike, *, seed: int = 0, model: s
                    "test_macro_f1": float(f1_score(truth, predicted, average="macro")),
                    "train_seconds": seconds, "setfit_arguments": "setfit's TrainingArguments defaults"}
         cell = {"head": "setfit", "task": task.name, "budget": "all" if task.budget is None else str(task.budget),
-                "seed": seed, "n_train": len(rows), "accuracy": metrics["test_accuracy"],
+                "seed": seed, "n_train": len(rows), "n_classes": len(task.classes),
+                "accuracy": metrics["test_accuracy"],
                 "macro_f1": metrics["test_macro_f1"], "fit_seconds": seconds, "rows": rows.tolist()}
         out.mkdir(parents=True, exist_ok=True)
         publish_text(out / "metrics.json", json.dumps(metrics, indent=1))

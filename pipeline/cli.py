@@ -146,7 +146,8 @@ def _study_config(args: argparse.Namespace, cls, command: str, build: Callable[[
 
 
 def _print_written(out) -> None:
-    print("\n".join(f"wrote {p}" for p in sorted(out.glob("*")) if p.suffix in (".csv", ".json", ".md", ".png", ".toml")))
+    written = (p for p in sorted(out.glob("*")) if p.suffix in (".csv", ".json", ".md", ".png", ".toml"))
+    print("\n".join(f"wrote {p}" for p in written))
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -260,8 +261,8 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _finetune_settings(args: argparse.Namespace):
     return FinetuneSettings(
-        objective=args.objective, head=args.head, pooling=args.pooling, max_length=args.max_length or FinetuneSettings.max_length,
-        epochs=args.epochs,
+        objective=args.objective, head=args.head, pooling=args.pooling,
+        max_length=args.max_length or FinetuneSettings.max_length, epochs=args.epochs,
         min_steps=args.min_steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
         layer_decay=args.layer_decay, head_lr=args.head_lr, warmup=args.warmup, validation=args.validation,
         patience=args.patience, seed=args.seed, device=args.device, precision=args.precision)
@@ -271,9 +272,8 @@ def _print_tasks(metrics: dict, output: str) -> None:
     for t in metrics["tasks"]:
         acc = "" if t["test_accuracy"] is None else f"  test accuracy {100 * t['test_accuracy']:.2f}%"
         print(f"{t['name']}: {t['n_train']} training documents{acc}")
-    print(f"trained ({metrics['objective']} objective) {metrics['epochs_run']} epochs in {metrics['train_seconds']:.0f} s "
-          f"on {metrics['device']}; "
-          f"saved to {output} (metrics.json)")
+    print(f"trained ({metrics['objective']} objective) {metrics['epochs_run']} epochs in "
+          f"{metrics['train_seconds']:.0f} s on {metrics['device']}; saved to {output} (metrics.json)")
 
 
 def _task(args: argparse.Namespace):
@@ -545,10 +545,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(handler=_simulate)
 
-    p = sub.add_parser("compare", help="one report from sweeps, fine-tuning and multi-task runs",
-                       description="Merge the results of sweep, finetune and multitask folders into one table "
+    p = sub.add_parser("compare", help="one report from sweeps, simulations, fine-tuning, baselines and multi-task runs",
+                       description="Merge the results of sweep, simulate, finetune, baseline and multitask folders "
+                                   "into one table "
                                    "(accuracy with CIs and training seconds per budget) and plots.")
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="folders written by sweep, simulate, finetune, baseline or multitask")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                   help="folders written by sweep, simulate, finetune, baseline or multitask")
     p.add_argument("--task", default=None, help="keep rows of this task only (runs that name no task count as it)")
     p.add_argument("--output", "-o", required=True, help="report folder")
     p.set_defaults(handler=_compare)

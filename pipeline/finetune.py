@@ -616,6 +616,7 @@ def save_finetuned(trained: Finetuned, tasks: Sequence[Task], output: str | os.P
                     continue
                 f.write(json.dumps({"head": kind, "task": t.name, "budget": "all" if t.budget is None else str(t.budget),
                                     "seed": settings.seed, "objective": metrics["objective"], "n_train": len(r.rows),
+                                    "n_classes": len(t.classes),
                                     "accuracy": r.test_accuracy,
                                     "macro_f1": r.test_macro_f1, "fit_seconds": metrics["train_seconds"],
                                     "rows": r.rows}) + "\n")

@@ -124,7 +124,8 @@ def learning_curve_figure(summary: list[dict[str, Any]], title: str | None = Non
     ax.set_xscale("log")
     ticks = sorted({round(v) for v in labels.values()})
     if len(ticks) > 12:  # many rounds (simulate): the ends and the powers of two between them
-        ticks = sorted({ticks[0], ticks[-1]} | {t for t in ticks if t & (t - 1) == 0 and ticks[0] * 1.3 < t < ticks[-1] / 1.3})
+        inner = {t for t in ticks if t & (t - 1) == 0 and ticks[0] * 1.3 < t < ticks[-1] / 1.3}
+        ticks = sorted({ticks[0], ticks[-1]} | inner)
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.minorticks_off()
     ax.set_xlabel(f"labelled training documents{' per class' if per_class else ''} (log scale)")
