@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -451,6 +452,7 @@ def _verify(path: Path) -> list[str]:
         if cache.has_tokens:
             datasets += [f["tokens/offsets"], f["tokens/states"]]
         for dset in datasets:
+            _check_chunks_stored(path, dset)
             step = dset.chunks[0] if dset.chunks else max(dset.shape[0], 1)
             bad = 0
             for start in range(0, dset.shape[0], step * 16):
@@ -482,6 +484,22 @@ def _verify(path: Path) -> list[str]:
                          f"warning: schema v{meta.get('schema_version')} records no checksums of its metadata, "
                          "which is unchecked (`finetext extract --force` rebuilds it with them)")
     return found
+
+
+def _check_chunks_stored(path: Path, dset: h5py.Dataset) -> None:
+    """Every chunk of a written dataset is stored. A damaged chunk index can make HDF5 treat a chunk as never
+    written and read its fill value (zeros) without running its checksum filter; reading each chunk's stored
+    bytes directly finds that."""
+    if not dset.chunks or 0 in dset.shape:
+        return
+    for coord in itertools.product(*(range(0, n, c) for n, c in zip(dset.shape, dset.chunks))):
+        try:
+            dset.id.read_direct_chunk(coord)
+        except (RuntimeError, OSError, ValueError) as exc:
+            raise CacheFormatError(
+                f"{path}: {dset.name} rows {coord[0]}..{coord[0] + dset.chunks[0]} cannot be read from the file "
+                f"({' '.join(str(exc).split())[:120]}). The file is corrupted; rebuild it with `finetext extract "
+                "--force`.") from None
 
 
 def describe_cache(path: str | os.PathLike) -> str:
