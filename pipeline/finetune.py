@@ -457,12 +457,13 @@ def _train_contrastive(tasks: Sequence[Task], net: FinetuneModel, splits: dict[s
     """The contrastive objective: tune the encoder on pairs of labelled rows (the last layer's pooled vector),
     then fit each task's head on the pooled features of every layer."""
     start = time.perf_counter()
+    steps = pair_steps(sum(len(s.train_rows) for s in splits.values()))
     plan = []  # (epoch, task, rows) per optimiser step
-    while len(plan) < pair_steps(sum(len(s.train_rows) for s in splits.values())):
+    while len(plan) < steps:
         batches = [(name, b) for name, s in splits.items() for b in pair_batches(s.codes, s.train_rows, rng)]
         epoch = plan[-1][0] + 1 if plan else 0
         plan += [(epoch, *batches[i]) for i in rng.permutation(len(batches))]
-    plan = plan[:pair_steps(sum(len(s.train_rows) for s in splits.values()))]
+    plan = plan[:steps]
     opt = torch.optim.AdamW(net.encoder.parameters(), lr=PAIR_LR, weight_decay=0.01)
     for g in opt.param_groups:
         g["initial_lr"] = g["lr"]
