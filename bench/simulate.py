@@ -18,6 +18,7 @@ import numpy as np
 
 from common import ROOT, build, cpu_name
 
+from finetext.pipeline.report import summarize
 from finetext.pipeline.simulate import SimulateConfig, load_study, run_simulation
 from finetext.pipeline.sweep import fit_cells, make_head, read_cells
 
@@ -46,9 +47,9 @@ def main() -> None:
         model, _ = fit_cells(make_head(args.head), data, [np.arange(len(data.y))], [0])[0]
         everything = float((model.predict(data.Xt) == data.yt).mean())
         cells = read_cells(out / "cells.jsonl")
-        labels = sorted({c["labels"] for c in cells})
-        mean = {(c["strategy"], n): np.mean([d["accuracy"] for d in cells if d["strategy"] == c["strategy"]
-                                             and d["labels"] == n]) for c in cells for n in [c["labels"]]}
+        mean = {(r["head"], round(r["n_train"])): r["accuracy"]
+                for r in summarize([c | {"head": c["strategy"]} for c in cells])}
+        labels = sorted({n for _, n in mean})
         for strategy in config.strategies:
             needed = next((n for n in labels if 100 * (everything - mean[strategy, n]) <= 2), None)
             print(f"| {name} | {n_classes} | {wall:.0f} | {strategy} | {100 * mean[strategy, labels[-1]]:.1f} | "

@@ -209,7 +209,7 @@ def write_simulation_report(out: Path, cells: list[dict[str, Any]], config: Simu
     """results.csv, results.json, summary.md and learning_curves.png."""
     import matplotlib.pyplot as plt
 
-    from finetext.pipeline.report import learning_curve_figure, mean_ci, study_title, summarize
+    from finetext.pipeline.report import labels_needed, learning_curve_figure, study_title, summarize
 
     order = {name: i for i, name in enumerate(config.strategies)}
     cells = sorted(cells, key=lambda c: (order.get(c["strategy"], len(order)), c["labels"], c["seed"]))
@@ -224,14 +224,10 @@ def write_simulation_report(out: Path, cells: list[dict[str, Any]], config: Simu
     publish(out / "results.csv", write_csv)
     publish(out / "results.json", lambda p: p.write_text(json.dumps(cells)))
     C = len(classes)
-    acc: dict[tuple[str, int], tuple[float, float]] = {}
-    for name in dict.fromkeys(c["strategy"] for c in cells):
-        for n in sorted({c["labels"] for c in cells if c["strategy"] == name}):
-            acc[name, n] = mean_ci([c["accuracy"] for c in cells if c["strategy"] == name and c["labels"] == n])
-    labels = sorted({n for _, n in acc})
+    summary = summarize([c | {"head": c["strategy"]} for c in cells])  # one row per strategy × labels
+    rows = {(r["head"], round(r["n_train"])): r for r in summary}
+    labels = sorted({n for _, n in rows})
     shown = milestones(labels, config.start * C)
-    names = list(dict.fromkeys(name for name, _ in acc))
-    best_name, best_n = max(acc, key=lambda k: acc[k][0])
     buf = io.StringIO()
     buf.write(f"# Active-learning simulation\n\ntrain: `{config.train}`  test: "
               f"`{config.test or f'{config.test_fraction:.0%} split'}`  head: {config.head}  seeds: {config.seeds}  "
@@ -240,22 +236,14 @@ def write_simulation_report(out: Path, cells: list[dict[str, Any]], config: Simu
               "(average per class).\n\n")
     buf.write("| strategy | " + " | ".join(f"{n} ({n / C:.3g}/class)" for n in shown) + " |\n|---|"
               + "---|" * len(shown) + "\n")
-    for name in names:
+    for name in dict.fromkeys(r["head"] for r in summary):
         buf.write(f"| {name} | " + " | ".join(
-            f"{100 * acc[name, n][0]:.1f} ± {100 * acc[name, n][1]:.1f}" if (name, n) in acc else "" for n in shown)
-            + " |\n")
-    buf.write(f"\nLabels needed: the fewest whose mean accuracy comes within k points of the best measured, "
-              f"{100 * acc[best_name, best_n][0]:.1f}% ({best_name}, {best_n} labels).\n\n"
-              "| strategy | within 1 point | within 2 points | within 5 points |\n|---|---|---|---|\n")
-    for name in names:
-        hits = [next((n for n in labels if (name, n) in acc
-                      and 100 * (acc[best_name, best_n][0] - acc[name, n][0]) <= k + 1e-9), None) for k in (1, 2, 5)]
-        buf.write(f"| {name} | " + " | ".join(f"{n} ({n / C:.3g}/class)" if n else f"> {labels[-1]}" for n in hits)
-                  + " |\n")
+            f"{100 * rows[name, n]['accuracy']:.1f} ± {100 * rows[name, n]['accuracy_ci']:.1f}"
+            if (name, n) in rows else "" for n in shown) + " |\n")
+    buf.write("\n" + labels_needed(summary, within=(1, 2, 5)) + "\n")
     seconds = sum(c["fit_seconds"] for c in cells)
     buf.write(f"\nTraining: {seconds:.1f} s for {len(cells)} fits (each round's fits share one batched call).\n")
     publish(out / "summary.md", lambda p: p.write_text(buf.getvalue()))
-    summary = summarize([c | {"head": c["strategy"]} for c in cells])
     fig = learning_curve_figure(summary, study_title(config.train, train_meta) + f" — {config.head}, active learning")
     publish(out / "learning_curves.png", lambda p: fig.savefig(p, format="png", dpi=120))
     plt.close(fig)

@@ -190,4 +190,7 @@ def test_bad_simulation_settings_are_one_line_errors(tmp_path, bbc_cache, capsys
     assert "step: expected a positive integer" in capsys.readouterr().err
     assert main(["simulate", "--train", str(bbc_cache)]) == 2
     assert "give --train CACHE and --output DIR" in capsys.readouterr().err
+    from finetext.pipeline.settings import DEFAULT_STRATEGIES, STRATEGY_NAMES  # the CLI's torch-free copy
+
     assert set(STRATEGIES) >= {"random", "uncertainty", "margin", "entropy", "diversity"}
+    assert tuple(STRATEGIES) == STRATEGY_NAMES and set(DEFAULT_STRATEGIES) <= set(STRATEGIES)
