@@ -52,6 +52,7 @@ SELECTOR = ("w", "u", "gamma")  # the parameters a multi-task model shares acros
 
 # The contrastive objective (docs/experiments.md has the measurements behind each).
 PAIR_BATCH = 64  # rows per batch: every pair of them is in the loss
+PAIR_CHUNK = 16  # rows per forward pass within a batch, of similar length (less padding, one backward)
 PAIR_EPOCHS = 40  # steps: this many batches' worth of rows per labelled row (pair_steps)
 PAIR_MIN_STEPS = 10
 PAIR_LR = 1e-4  # AdamW, every encoder layer alike, rising over the first PAIR_WARMUP of the steps, then decaying
@@ -451,6 +452,17 @@ def pair_batches(codes: np.ndarray, rows: np.ndarray, rng: np.random.Generator) 
     return batches + [np.concatenate(current)]
 
 
+def pair_embeddings(net: FinetuneModel, tokens: Tokenized, rows: np.ndarray, device: torch.device,
+                    autocast) -> tuple[np.ndarray, torch.Tensor]:
+    """The last layer's pooled vector (n, H) of a pair batch's rows, with gradients, from forward passes of
+    PAIR_CHUNK rows of similar length; returns the rows in the order of the embeddings (shortest first)."""
+    rows = rows[np.argsort(tokens.lengths[rows], kind="stable")]
+    with autocast():
+        parts = [net.features(tokens.batch(rows[i:i + PAIR_CHUNK], device))[:, -1]
+                 for i in range(0, len(rows), PAIR_CHUNK)]
+    return rows, torch.cat(parts).float()
+
+
 def _train_contrastive(tasks: Sequence[Task], net: FinetuneModel, splits: dict[str, _Split], tokenizer, info,
                        settings: FinetuneSettings, max_length: int, device: torch.device, autocast, precision: str,
                        rng: np.random.Generator, progress: bool) -> Finetuned:
@@ -473,9 +485,8 @@ def _train_contrastive(tasks: Sequence[Task], net: FinetuneModel, splits: dict[s
     bar = tqdm(total=len(plan), desc="finetune (pairs)", unit="step", disable=not progress, dynamic_ncols=True)
     for step, (epoch, name, rows) in enumerate(plan):
         s = splits[name]
-        with autocast():
-            embeddings = net.features(s.tokens.batch(rows, device))[:, -1]
-        loss = pair_loss(embeddings.float(), torch.from_numpy(s.codes[rows]).to(device))
+        rows, embeddings = pair_embeddings(net, s.tokens, rows, device, autocast)
+        loss = pair_loss(embeddings, torch.from_numpy(s.codes[rows]).to(device))
         scaler.scale(loss).backward()
         _optimiser_step(opt, scaler, net.encoder.parameters(), _lr_factor(step, warmup, len(plan)))
         losses.append(loss.item())

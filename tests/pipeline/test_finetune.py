@@ -1,6 +1,7 @@
 """End-to-end fine-tuning and the multi-task variant, on tiny random models and real files."""
 from __future__ import annotations
 
+import contextlib
 import json
 
 import numpy as np
@@ -221,6 +222,33 @@ def test_pair_batches_visit_every_row_once_in_groups_of_a_class():
         counts = np.bincount(codes[b])
         assert counts.max() >= 3 and np.isin(counts, [0, 1, 3, 6, 9]).all()
     assert [b.tolist() for b in pair_batches(codes, rows[:40], rng)] == [rows[:40].tolist()]  # one batch: all rows
+
+
+def test_pair_embeddings_in_chunks_of_similar_length_equal_one_padded_batch(tiny_bert):
+    import torch
+
+    from finetext.extract.encoder import describe_model, load_model
+    from finetext.pipeline.finetune import PAIR_CHUNK, FinetuneModel, Tokenized, pair_embeddings, pair_loss
+
+    _, tokenizer = describe_model(str(tiny_bert), None)
+    net = FinetuneModel(load_model(str(tiny_bert), None, torch.device("cpu"), "fp32"), {}, "mean").eval()
+    records = _records(2 * PAIR_CHUNK, 0)[::-1]  # 3 chunks' worth, lengths 5-9 tokens in no order
+    tokens = Tokenized(tokenizer, records, 32)
+    rows = np.random.default_rng(0).permutation(len(records))
+    codes = torch.from_numpy(np.array([ord(r.label[1]) for r in records]))
+    order, chunked = pair_embeddings(net, tokens, rows, torch.device("cpu"), contextlib.nullcontext)
+    assert sorted(order.tolist()) == sorted(rows.tolist()) and (np.diff(tokens.lengths[order]) >= 0).all()
+    pair_loss(chunked, codes[order]).backward()
+    chunked_grad = [None if p.grad is None else p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    whole = net.features(tokens.batch(order, torch.device("cpu")))[:, -1]  # one batch padded to the longest
+    pair_loss(whole, codes[order]).backward()
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-4)
+    for a, p in zip(chunked_grad, net.parameters()):  # the same gradients (the pooler takes none)
+        if a is None:
+            assert p.grad is None
+        else:
+            torch.testing.assert_close(a, p.grad, atol=1e-5, rtol=1e-3)
 
 
 def test_the_objective_auto_picks_contrastive_for_few_labels_per_class():
