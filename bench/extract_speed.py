@@ -9,15 +9,19 @@ and the ratios a/b and a/c from the same run. Then peak memory of a `finetext ex
 and for 10x the corpus, which must stay flat: resident (max RSS) and live (RSS less the free chunks glibc's
 malloc keeps for reuse; bench/memory_probe.py). Memory is bounded by the block (documents encoded
 and written together, 4,096 by default), and the corpus alone is smaller than one block, so the pair is also
-measured with blocks of --memory-block-docs, where both runs hold several full blocks.
+measured with blocks of --memory-block-docs, where both runs hold several full blocks. Last, many processes:
+`torchrun --nproc-per-node R finetext extract` against one `finetext extract` process, both started as commands
+(start-up included) in alternation, best of --repeats: on a CPU R ranks of one thread each against one process of R
+threads; on GPUs one rank per GPU against one process on one GPU.
 
-    python bench/extract_speed.py [--trec 2000] [--bbc 400] [--max-length 256] [--device auto]
+    python bench/extract_speed.py [--trec 2000] [--bbc 400] [--max-length 256] [--device auto] [--ranks R]
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import random
+import os
 import subprocess
 import sys
 import tempfile
@@ -94,6 +98,25 @@ def peak_memory_mib(corpus: Path, out: Path, max_length: int, device: str,
     return float(resident), None if live == "n/a" else float(live)
 
 
+def ranks_against_one(corpus: Path, work: Path, max_length: int, device: str, ranks: int,
+                      repeats: int) -> tuple[float, float]:
+    """Best seconds of `torchrun --nproc-per-node ranks finetext extract` and of one `finetext extract` process."""
+    bin_dir = Path(sys.executable).parent
+    one_env = {**os.environ, "OMP_NUM_THREADS": str(ranks)}  # a CPU's threads all to the one process
+    many_env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [str(corpus), "--max-length", str(max_length), "--device", device, "--force", "--quiet"]
+    times: dict[str, list[float]] = {"many": [], "one": []}
+    for _ in range(repeats):
+        for kind in ("many", "one"):
+            cmd = ([str(bin_dir / "torchrun"), "--standalone", "--nproc-per-node", str(ranks), "--no-python"]
+                   if kind == "many" else []) + [str(bin_dir / "finetext"), "extract", *args, "-o",
+                                                 str(work / f"{kind}.h5")]
+            start = time.perf_counter()
+            subprocess.run(cmd, env=many_env if kind == "many" else one_env, check=True, capture_output=True)
+            times[kind].append(time.perf_counter() - start)
+    return min(times["many"]), min(times["one"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trec", type=int, default=2000)
@@ -105,6 +128,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5, help="alternating runs of a and b; the best of each counts")
     ap.add_argument("--memory-max-length", type=int, default=64, help="max length for the memory runs")
     ap.add_argument("--memory-block-docs", type=int, default=400, help="the block size of the second memory pair")
+    ap.add_argument("--ranks", type=int, default=None, help="torchrun processes (default: the GPUs, or 2 on a CPU)")
     args = ap.parse_args()
 
     device = resolve_device(args.device)
@@ -153,6 +177,12 @@ def main() -> None:
         if live1 is not None and live10 is not None:
             print(f"  live (RSS less malloc's free heap): corpus {live1:.0f} MiB, 10x corpus {live10:.0f} MiB, "
                   f"ratio {live10 / live1:.2f}")
+
+    ranks = args.ranks or (torch.cuda.device_count() if device.type == "cuda" else 2)
+    many, one = ranks_against_one(corpus, work, args.max_length, args.device, ranks, min(args.repeats, 3))
+    what = f"{ranks} GPUs against 1" if device.type == "cuda" else f"{ranks} ranks of 1 thread against 1 of {ranks}"
+    print(f"torchrun, {what}: {many:.1f} s against {one:.1f} s ({n / many:.1f} against {n / one:.1f} docs/s), "
+          f"speed ratio {one / many:.2f}")
 
 
 if __name__ == "__main__":

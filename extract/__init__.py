@@ -15,12 +15,12 @@ _MODULES = {  # public name -> the module of this package that defines it
     "CacheFormatError": "errors", "CacheMismatchError": "errors", "InputError": "errors",
     "OutputBusyError": "errors",
     "pool": "pooling",
-    "ExtractResult": "run", "ExtractSettings": "run", "extract_corpus": "run",
+    "ExtractResult": "run", "ExtractSettings": "run", "extract_corpus": "run", "merge_shards": "run",
 }
 __all__ = [
     "Cache", "CacheFormatError", "CacheMismatchError", "CorpusSpec", "ExtractResult", "ExtractSettings",
-    "InputError", "OutputBusyError", "POOLINGS", "describe_cache", "extract_corpus", "iter_records", "open_cache",
-    "pool", "scan",
+    "InputError", "OutputBusyError", "POOLINGS", "describe_cache", "extract_corpus", "iter_records", "merge_shards",
+    "open_cache", "pool", "scan",
     "verify_cache",
 ]
 
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from finetext.extract.corpus import CorpusSpec, iter_records, scan
     from finetext.extract.errors import CacheFormatError, CacheMismatchError, InputError, OutputBusyError
     from finetext.extract.pooling import pool
-    from finetext.extract.run import ExtractResult, ExtractSettings, extract_corpus
+    from finetext.extract.run import ExtractResult, ExtractSettings, extract_corpus, merge_shards
 
 
 __getattr__, __dir__ = lazy_names('finetext.extract', _MODULES, globals())

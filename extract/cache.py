@@ -44,20 +44,37 @@ class ShardStore:
     """Completed blocks of a run in progress, one .npz each, tied to the run's fingerprints and block size
     (the manifest): a run with another corpus, other settings or another block size starts over."""
 
-    def __init__(self, output: Path, fingerprints: dict[str, Any], block_docs: int) -> None:
+    def __init__(self, output: Path, fingerprints: dict[str, Any], block_docs: int,
+                 request: dict[str, Any] | None = None) -> None:
         self.dir = partial_dir(output)
         expected = {**fingerprints, "block_docs": block_docs}
-        manifest = self.dir / "manifest.json"
-        if self.dir.exists():
+        if self.dir.exists() and self._read("manifest.json") != expected:  # their blocks are not this run's: useless
+            shutil.rmtree(self.dir)
+        if not self.dir.exists():  # made whole, then renamed: shards of one run starting together see one manifest
+            staging = output.with_name(f".{output.name}.staging-shards{os.getpid()}")
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+            _atomic_write_text(staging / "manifest.json", json.dumps(expected, indent=1, sort_keys=True))
+            if request is not None:
+                _atomic_write_text(staging / "request.json", json.dumps(request, indent=1, sort_keys=True))
             try:
-                current = json.loads(manifest.read_text())
-            except (OSError, ValueError):
-                current = None
-            if current != expected:  # their rows or arrays are not this run's: useless
-                shutil.rmtree(self.dir)
-        if not self.dir.exists():
-            self.dir.mkdir(parents=True)
-            _atomic_write_text(manifest, json.dumps(expected, indent=1, sort_keys=True))
+                os.rename(staging, self.dir)
+            except OSError:  # another shard of this run made it first
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def _read(self, name: str) -> Any:
+        try:
+            return json.loads((self.dir / name).read_text())
+        except (OSError, ValueError):
+            return None
+
+    @staticmethod
+    def request(output: Path) -> dict[str, Any] | None:
+        """What the sharded run writing `output` was asked (the corpus and settings), for `finetext merge`."""
+        try:
+            return json.loads((partial_dir(output) / "request.json").read_text())
+        except (OSError, ValueError):
+            return None
 
     def path(self, block: int) -> Path:
         return self.dir / f"block-{block:06d}.npz"

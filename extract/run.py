@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +22,7 @@ from finetext.extract.cache import (FEATURES_VERSION, FORMAT, POOLINGS, SCHEMA_V
                                     check_free_space, partial_dir, read_attrs, write_cache)
 from finetext.extract.corpus import CorpusSpec, CorpusSummary, Record, iter_records, scan
 from finetext.extract.encoder import COMPUTE_DTYPES, ModelInfo, describe_model, load_model, resolve_device, resolve_model
-from finetext.extract.errors import CacheFormatError, CacheMismatchError, InputError
+from finetext.extract.errors import CacheFormatError, CacheMismatchError, InputError, OutputBusyError
 from finetext.extract.outputs import check_output, exclusive, remove_leftovers
 from finetext.extract.pooling import pool
 from finetext.extract.tokens import check_max_length, tokenize
@@ -266,14 +267,20 @@ def extract_corpus(
     batch_tokens: int | None = None,
     block_docs: int | None = None,
     layers: str | Sequence[int] | None = None,
+    shard: str | None = None,
     force: bool = False,
     progress: bool = True,
 ) -> ExtractResult:
     """Encode a corpus once and cache every hidden state, pooled per document, in an HDF5 file.
 
-    `input` is a .csv/.tsv/.jsonl file, a folder of per-label .txt subfolders, or "bbc". The same corpus
-    with the same settings again returns at once; another corpus or other settings at an existing
-    `output` raise CacheMismatchError unless `force`. An interrupted run resumes from its last block.
+    `input` is a .csv/.tsv/.jsonl/.parquet file, a saved `datasets` folder, a folder of per-label .txt subfolders,
+    or "bbc". The same corpus with the same settings again returns at once; another corpus or other settings at an
+    existing `output` raise CacheMismatchError unless `force`. An interrupted run resumes from its last block.
+
+    Many processes: started by torchrun (WORLD_SIZE > 1), each rank encodes its share of the blocks (balanced by
+    estimated tokens) on its own device, and rank 0 publishes the cache once every rank is done. `shard="I/N"`
+    (I from 0) encodes shard I of N without torchrun (job arrays); the last shard to finish publishes, or
+    `merge_shards`. Either way the cache is the one a single process writes.
     """
     start = time.perf_counter()
     output = Path(output)
@@ -282,18 +289,223 @@ def extract_corpus(
     settings = ExtractSettings(model, revision, tuple(poolings), max_length, device, compute_dtype, storage_dtype,
                                tokens, None if token_layers is None else tuple(token_layers), batch_tokens,
                                block_docs, layers if layers is None or isinstance(layers, str) else tuple(layers))
+    part = parse_shard(shard) if shard is not None else torchrun_shard()
     check_output(output, folder=False)
+    if part is not None:
+        return _extract_shard(spec, settings, output, part, force, progress, start)
     with exclusive(output):  # one writer per cache: a second run to it is refused at once
         remove_leftovers(output)  # temporary files of runs that died publishing
-        return _extract(spec, settings, output, force, progress, start)
+        plan = _plan(spec, settings, output, force, progress)
+        if plan.shards is None:
+            ShardStore.discard(output)  # a run killed while cleaning up after publishing left it
+            return ExtractResult(output, "up to date", plan.summary.n_docs, time.perf_counter() - start)
+        resumed = any(plan.shards.done(b) for b in range(plan.n_blocks))
+        torch_device = resolve_device(settings.device)
+        _encode(plan, range(plan.n_blocks), torch_device, progress, f"extract {Path(spec.source).name}")
+        _publish(plan, torch_device)
+    status = "resumed" if resumed else "created"
+    return ExtractResult(output, status, plan.summary.n_docs, time.perf_counter() - start)
 
 
-def _extract(spec: CorpusSpec, settings: ExtractSettings, output: Path, force: bool, progress: bool,
-             start: float) -> ExtractResult:
-    """extract_corpus, holding the output's lock."""
-    model, revision = settings.model, settings.revision
-    summary = scan(spec)  # validates every row before any model work
-    info, tokenizer = describe_model(model, revision)
+@dataclass(frozen=True)
+class Shard:
+    """One process's part of a sharded extraction: shard `index` (from 0) of `count`, whose blocks are balanced by
+    estimated tokens (shard_blocks). torchrun's ranks wait for each other, then rank 0 publishes; shards started
+    by --shard I/N are independent and the last one to finish publishes."""
+
+    index: int
+    count: int
+    torchrun: bool = False
+    local_rank: int = 0
+
+    def __str__(self) -> str:
+        return f"{'rank' if self.torchrun else 'shard'} {self.index}/{self.count}"
+
+
+def parse_shard(text: str) -> Shard:
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        index = count = -1
+    if not (count >= 1 and 0 <= index < count):
+        raise InputError(f"--shard {text!r}: expected I/N, shard I of N counted from 0 (0 <= I < N), e.g. 0/8; "
+                         "in a Slurm array of N tasks (--array=0-N-1): --shard $SLURM_ARRAY_TASK_ID/N.")
+    return Shard(index, count)
+
+
+def torchrun_shard() -> Shard | None:
+    """This process's rank, when torchrun (or another launcher setting WORLD_SIZE > 1 and RANK) started it."""
+    world = int(os.environ.get("WORLD_SIZE") or 1)
+    if world <= 1:
+        return None
+    return Shard(int(os.environ["RANK"]), world, torchrun=True, local_rank=int(os.environ.get("LOCAL_RANK") or 0))
+
+
+def block_costs(chars: np.ndarray, block_size: int, max_length: int) -> np.ndarray:
+    """Estimated tokens per block: a row's characters / 4 (about one word piece each in English text) plus its two
+    special tokens, at most max_length."""
+    estimate = np.minimum(chars.astype(np.int64) // 4 + 2, max_length)
+    return np.add.reduceat(estimate, np.arange(0, len(estimate), block_size)) if len(estimate) else estimate
+
+
+def shard_blocks(costs: np.ndarray, count: int) -> list[list[int]]:
+    """The blocks of each of `count` shards, balanced by cost: the costliest block first, each to the shard with
+    the least so far (ties to the lowest shard); each shard's blocks in corpus order."""
+    load, parts = np.zeros(count), [[] for _ in range(count)]
+    for b in np.argsort(-costs, kind="stable"):
+        s = int(np.argmin(load))
+        parts[s].append(int(b))
+        load[s] += costs[b]
+    return [sorted(p) for p in parts]
+
+
+SHARD_BLOCKS = 8  # blocks per shard at least, when the corpus is small enough to need smaller blocks for it
+MIN_BLOCK_DOCS = 64
+
+
+def shard_block_size(settings: ExtractSettings, n_docs: int, count: int) -> int:
+    """Documents per block: the settings' for one process; for `count` shards small enough that each gets about
+    SHARD_BLOCKS blocks to balance (a large corpus keeps the usual size, so it resumes under any shard count)."""
+    if count == 1 or settings.block_docs:
+        return settings.docs_per_block
+    return min(settings.docs_per_block, max(MIN_BLOCK_DOCS, -(-n_docs // (SHARD_BLOCKS * count))))
+
+
+def _extract_shard(spec: CorpusSpec, settings: ExtractSettings, output: Path, part: Shard, force: bool,
+                   progress: bool, start: float) -> ExtractResult:
+    """extract_corpus for one shard: encode its blocks (one writer per shard), then publish when all are there."""
+    show = progress and (part.index == 0 or not part.torchrun)  # one bar per torchrun job: rank 0's
+    if part.torchrun:
+        _join_ranks(part)
+    with exclusive(output.with_name(f"{output.name}.shard-{part.index}-of-{part.count}")):
+        plan = _plan(spec, settings, output, force, show, part.count, request={
+            "spec": {**asdict(spec), "source": _absolute(spec.source)}, "settings": asdict(settings),
+            "shards": part.count})
+        mine: list[int] = []
+        if plan.shards is not None:
+            mine = shard_blocks(block_costs(plan.summary.chars, plan.block_size, plan.length), part.count)[part.index]
+            _encode(plan, mine, _rank_device(settings.device, part), show, f"extract {Path(spec.source).name} [{part}]")
+    n_mine = sum(min(plan.block_size, plan.summary.n_docs - b * plan.block_size) for b in mine)
+    if part.torchrun:
+        _wait_for_ranks()
+        if part.index != 0:
+            return ExtractResult(output, f"{part} written", n_mine, time.perf_counter() - start)
+    try:
+        with exclusive(output):
+            remove_leftovers(output)
+            status = _publish_if_complete(plan, output, part)
+    except OutputBusyError:
+        if part.torchrun:
+            raise
+        status = f"{part} written; another shard is publishing the cache"
+    return ExtractResult(output, status, n_mine if status.startswith(str(part)) else plan.summary.n_docs,
+                         time.perf_counter() - start)
+
+
+def _publish_if_complete(plan: "_Plan", output: Path, part: Shard) -> str:
+    """Publish the cache when every shard's blocks are there (holding the output's lock); the status to report."""
+    if plan.shards is None or _up_to_date(output, plan.fingerprints, plan.identity, False):
+        ShardStore.discard(output)
+        return "up to date"
+    missing = _missing_shards(plan, part.count)
+    if missing:
+        return f"{part} written; shards {','.join(map(str, missing))} of {part.count} are not yet"
+    _publish(plan, resolve_device(plan.settings.device))
+    return "created"
+
+
+def _missing_shards(plan: "_Plan", count: int) -> list[int]:
+    parts = shard_blocks(block_costs(plan.summary.chars, plan.block_size, plan.length), count)
+    return [i for i, blocks in enumerate(parts) if not all(plan.shards.done(b) for b in blocks)]
+
+
+def merge_shards(output: str | Path, progress: bool = True) -> ExtractResult:
+    """Publish the cache that `--shard I/N` runs wrote to `output`'s blocks, once all N are complete (the last
+    shard to finish does this itself). Raises InputError naming the shards still missing."""
+    start = time.perf_counter()
+    output = Path(output)
+    request = ShardStore.request(output)
+    if request is None and output.exists():  # the last shard published it
+        return ExtractResult(output, "up to date", int(read_attrs(output)["n_docs"]), time.perf_counter() - start)
+    if request is None:
+        raise InputError(f"{output}: no shards to merge ({partial_dir(output)} holds no request.json); run "
+                         "`finetext extract INPUT -o OUTPUT --shard I/N` for every I first.")
+    settings = request["settings"]
+    settings = ExtractSettings(**{**settings, "poolings": tuple(settings["poolings"]),
+                                  "token_layers": _tuple(settings["token_layers"]), "layers": _tuple(settings["layers"])})
+    count = request["shards"]
+    with exclusive(output):
+        remove_leftovers(output)
+        plan = _plan(CorpusSpec(**request["spec"]), settings, output, False, progress, count)
+        missing = [] if plan.shards is None else _missing_shards(plan, count)
+        if missing:
+            raise InputError(f"{output}: shards {','.join(map(str, missing))} of {count} are not complete; run "
+                             f"`finetext extract ... -o {output} --shard I/{count}` for each of them, then merge.")
+        status = _publish_if_complete(plan, output, Shard(0, count))
+    return ExtractResult(output, status, plan.summary.n_docs, time.perf_counter() - start)
+
+
+def _tuple(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _absolute(source: str) -> str:
+    """A corpus path as an absolute one (`merge` may run elsewhere); a built-in corpus's name as it is."""
+    return str(Path(source).resolve()) if Path(source).exists() else source
+
+
+def _join_ranks(part: Shard) -> None:
+    """Join torchrun's process group (gloo: the ranks only wait for each other, so it serves CPUs and GPUs alike)."""
+    import datetime
+    import torch.distributed as dist
+
+    if not dist.is_initialized():  # a rank that finished waits for the slowest one, however long its share takes
+        dist.init_process_group("gloo", rank=part.index, world_size=part.count, timeout=datetime.timedelta(days=7))
+
+
+def _wait_for_ranks() -> None:
+    import torch.distributed as dist
+
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _rank_device(name: str, part: Shard) -> torch.device:
+    """The device of a shard: a torchrun rank on a machine with GPUs takes the one of its local rank."""
+    device = resolve_device(name)
+    if device.type == "cuda" and part.torchrun and device.index is None:
+        device = torch.device("cuda", part.local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    return device
+
+
+@dataclass
+class _Plan:
+    """What a run has established before encoding: the corpus scanned, the model described, the fingerprints; and
+    its blocks' store (None when the output already holds this cache)."""
+
+    spec: CorpusSpec
+    settings: ExtractSettings
+    output: Path
+    summary: CorpusSummary
+    info: ModelInfo
+    tokenizer: Any
+    length: int
+    layers_kept: list[int] | None
+    subset: list[int] | None
+    states: list[int]
+    identity: dict[str, Any]
+    fingerprints: dict[str, str]
+    block_size: int
+    n_blocks: int
+    shards: ShardStore | None
+
+
+def _plan(spec: CorpusSpec, settings: ExtractSettings, output: Path, force: bool, progress: bool, count: int = 1,
+          request: dict[str, Any] | None = None) -> _Plan:
+    """Validate the corpus and settings (every row, before any model work) and open the blocks' store."""
+    summary = scan(spec)
+    info, tokenizer = describe_model(settings.model, settings.revision)
     length = _effective_max_length(settings, info)
     check_max_length(length, tokenizer, spec.text_pair_column is not None, info.model_id)
     layers_kept = _token_layers(settings, info.n_layers)
@@ -301,38 +513,44 @@ def _extract(spec: CorpusSpec, settings: ExtractSettings, output: Path, force: b
     states = subset or list(range(info.n_layers))
     identity = settings_identity(settings, info, length, info.n_layers, subset)
     fingerprints = {"corpus_fingerprint": summary.fingerprint, "settings_fingerprint": fingerprint(identity)}
-
+    block_size = shard_block_size(settings, summary.n_docs, count)
+    plan = _Plan(spec, settings, output, summary, info, tokenizer, length, layers_kept, subset, states, identity,
+                 fingerprints, block_size, -(-summary.n_docs // block_size), None)
     if _up_to_date(output, fingerprints, identity, force):
-        ShardStore.discard(output)  # a run killed while cleaning up after publishing left it
-        return ExtractResult(output, "up to date", summary.n_docs, time.perf_counter() - start)
+        return plan
     if output.parent and not output.parent.exists():
-        output.parent.mkdir(parents=True)
+        output.parent.mkdir(parents=True, exist_ok=True)
     _check_room(output, settings, summary.n_docs, len(states), info.hidden_size, progress)
+    plan.shards = ShardStore(output, fingerprints, block_size, request)
+    return plan
 
-    block_size = settings.docs_per_block
-    shards = ShardStore(output, fingerprints, block_size)
-    n_blocks = -(-summary.n_docs // block_size)
-    resumed = any(shards.done(b) for b in range(n_blocks))
-    torch_device = resolve_device(settings.device)
-    if not all(shards.done(b) for b in range(n_blocks)):
-        encoder = BlockEncoder(load_model(resolve_model(model), revision, torch_device, settings.compute_dtype),
-                               tokenizer, torch_device, settings, length, layers_kept,
-                               subset)
-        done_docs = sum(min(block_size, summary.n_docs - b * block_size) for b in range(n_blocks) if shards.done(b))
-        todo = ((b, block) for b, block in enumerate(_blocks(iter_records(spec), block_size)) if not shards.done(b))
-        with tqdm(total=summary.n_docs, initial=done_docs, unit="doc", disable=not progress,
-                  desc=f"extract {Path(spec.source).name}", dynamic_ncols=True) as bar, \
-                ThreadPoolExecutor(max_workers=1) as reader:
-            rate = _TokenRate(bar)
-            for b, tokenized in _prefetched(todo, encoder.tokenize, reader):
-                shards.save(b, encoder.encode(tokenized, on_batch=rate))
 
-    labels = summary.labels
-    attrs = _cache_attrs(spec, settings, info, length, torch_device, summary, layers_kept, states, identity,
-                         fingerprints)
-    write_cache(output, shards, n_blocks, attrs, summary.ids, labels, summary.label_names)
-    shards.remove()
-    return ExtractResult(output, "resumed" if resumed else "created", summary.n_docs, time.perf_counter() - start)
+def _encode(plan: _Plan, mine: Sequence[int], device: torch.device, progress: bool, desc: str) -> None:
+    """Encode the blocks `mine` not stored yet and store each (tokenising the next block while one runs)."""
+    todo = [b for b in mine if not plan.shards.done(b)]
+    if not todo:
+        return
+    settings, wanted = plan.settings, set(todo)
+    encoder = BlockEncoder(load_model(resolve_model(settings.model), settings.revision, device, settings.compute_dtype),
+                           plan.tokenizer, device, settings, plan.length, plan.layers_kept, plan.subset)
+    docs = {b: min(plan.block_size, plan.summary.n_docs - b * plan.block_size) for b in mine}
+    blocks = islice(_blocks(iter_records(plan.spec), plan.block_size), max(todo) + 1)
+    with tqdm(total=sum(docs.values()), initial=sum(docs.values()) - sum(docs[b] for b in todo), unit="doc",
+              disable=not progress, desc=desc, dynamic_ncols=True) as bar, \
+            ThreadPoolExecutor(max_workers=1) as reader:
+        rate = _TokenRate(bar)
+        for b, tokenized in _prefetched(((b, block) for b, block in enumerate(blocks) if b in wanted),
+                                        encoder.tokenize, reader):
+            plan.shards.save(b, encoder.encode(tokenized, on_batch=rate))
+
+
+def _publish(plan: _Plan, device: torch.device) -> None:
+    """Write the cache from every block and remove the blocks (holding the output's lock)."""
+    attrs = _cache_attrs(plan.spec, plan.settings, plan.info, plan.length, device, plan.summary, plan.layers_kept,
+                         plan.states, plan.identity, plan.fingerprints)
+    write_cache(plan.output, plan.shards, plan.n_blocks, attrs, plan.summary.ids, plan.summary.labels,
+                plan.summary.label_names)
+    plan.shards.remove()
 
 
 def _check_room(output: Path, settings: ExtractSettings, n_docs: int, states: int, hidden: int,
@@ -416,4 +634,4 @@ def _cache_attrs(spec: CorpusSpec, settings: ExtractSettings, info: ModelInfo, l
     }
 
 
-__all__ = ["ExtractSettings", "ExtractResult", "extract_corpus", "partial_dir"]
+__all__ = ["ExtractSettings", "ExtractResult", "extract_corpus", "merge_shards", "partial_dir"]

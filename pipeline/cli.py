@@ -94,7 +94,7 @@ def _extract(args: argparse.Namespace) -> int:
         model=args.model, revision=args.revision, poolings=args.pooling, max_length=args.max_length,
         device=args.device, compute_dtype=args.dtype, storage_dtype=args.storage_dtype,
         tokens=args.tokens, token_layers=args.token_layers, batch_tokens=args.batch_tokens, layers=args.layers,
-        block_docs=args.block_docs, force=args.force, progress=not args.quiet,
+        block_docs=args.block_docs, shard=args.shard, force=args.force, progress=not args.quiet,
     )
     rate = result.n_docs / result.seconds if result.seconds else float("inf")
     print(f"{result.path}: {result.status}, {result.n_docs} documents in {result.seconds:.1f} s ({rate:.0f} docs/s)")
@@ -102,6 +102,14 @@ def _extract(args: argparse.Namespace) -> int:
         from finetext.extract import describe_cache
 
         print(describe_cache(result.path))
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from finetext.extract import merge_shards
+
+    result = merge_shards(args.cache, progress=not args.quiet)
+    print(f"{result.path}: {result.status}, {result.n_docs} documents")
     return 0
 
 
@@ -406,6 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block-docs", type=int, default=None,
                    help="documents per resumable block (default 4096, 128 with --tokens)")
     p.add_argument("--split", default=None, help="split of a registered dataset (pipeline/registry.json), e.g. train")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="encode only shard I (from 0) of N, e.g. a job array's task; the last shard to finish "
+                        "publishes the cache (or `finetext merge`). Under torchrun every rank takes its own shard")
     p.add_argument("--force", action="store_true", help="rebuild a cache made from another corpus or settings")
     p.add_argument("--info", action="store_true", help="print what the cache holds when done")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -560,6 +571,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.set_defaults(handler=_demo)
+
+    p = sub.add_parser("merge", help="publish the cache that `extract --shard I/N` runs wrote, once all are done")
+    p.add_argument("cache", help="the --output of the shards' runs")
+    p.add_argument("--quiet", "-q", action="store_true", help="no messages but the result")
+    p.set_defaults(handler=_merge)
 
     p = sub.add_parser("info", help="say what a cache holds")
     p.add_argument("cache")
