@@ -204,6 +204,13 @@ class BlockEncoder:
         self.batch_tokens = settings.batch_tokens or (4096 if device.type == "cpu" else 16384)
         self.storage = torch.float16 if settings.storage_dtype == "float16" else torch.float32
 
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        """A batch's inputs on the device: to a GPU from pinned memory, without waiting for the copy."""
+        tensor = torch.from_numpy(array)
+        if self.device.type != "cuda":
+            return tensor.to(self.device)
+        return tensor.pin_memory().to(self.device, non_blocking=True)
+
     def tokenize(self, block: Sequence[Record]) -> tuple[list[list[int]], list[list[int]] | None, np.ndarray]:
         """Token ids (and token type ids) per document, truncated to max_length, and a truncated flag (tokens.py)."""
         return tokenize(self.tokenizer, block, self.max_length)
@@ -216,19 +223,18 @@ class BlockEncoder:
         ids, types, truncated = tokenized
         lengths = np.array([len(x) for x in ids])
         n = len(ids)
-        pooled = {p: None for p in self.settings.ordered_poolings}
+        parts: dict[str, list[torch.Tensor]] = {p: [] for p in self.settings.ordered_poolings}
+        order = []
         token_rows: list[np.ndarray | None] = [None] * n
         pad_id = self.tokenizer.pad_token_id
         for batch in token_budget_batches(lengths, self.batch_tokens):
-            inputs = {k: torch.from_numpy(v).to(self.device) for k, v in pad_right(ids, types, batch, pad_id).items()}
+            inputs = {k: self._to_device(v) for k, v in pad_right(ids, types, batch, pad_id).items()}
             out = self.model(**inputs, output_hidden_states=True)
             hidden = [h.float() for h in out.hidden_states]  # layers × (batch, seq, hidden)
             kept = [hidden[i] for i in self.hidden_states] if self.hidden_states is not None else hidden
-            for name in pooled:
-                rows = pool(kept, inputs["attention_mask"], name).to(self.storage).cpu().numpy()
-                if pooled[name] is None:
-                    pooled[name] = np.empty((n, *rows.shape[1:]), dtype=rows.dtype)  # (block, layers, hidden)
-                pooled[name][batch] = rows
+            for name in parts:  # pooled rows stay on the device until the block ends: a GPU never waits for a copy
+                parts[name].append(pool(kept, inputs["attention_mask"], name).to(self.storage))
+            order.append(batch)
             if self.token_layers is not None:
                 # (batch, kept, seq, hidden)
                 kept = torch.stack([hidden[k] for k in self.token_layers], 1).to(self.storage)
@@ -236,7 +242,12 @@ class BlockEncoder:
                     token_rows[i] = kept[row, :, :lengths[i]].transpose(0, 1).cpu().numpy()  # (tokens, kept, hidden)
             if on_batch is not None:
                 on_batch(len(batch), int(lengths[batch].sum()))
-        arrays = {f"pool_{name}": value for name, value in pooled.items()}
+        rows = np.concatenate(order)
+        arrays = {}
+        for name, values in parts.items():  # (block, layers, hidden), in the block's order
+            batched = torch.cat(values).cpu().numpy()
+            arrays[f"pool_{name}"] = np.empty_like(batched)
+            arrays[f"pool_{name}"][rows] = batched
         arrays["n_tokens"] = lengths.astype(np.int32)
         arrays["truncated"] = truncated
         if self.token_layers is not None:
@@ -289,7 +300,12 @@ def extract_corpus(
     settings = ExtractSettings(model, revision, tuple(poolings), max_length, device, compute_dtype, storage_dtype,
                                tokens, None if token_layers is None else tuple(token_layers), batch_tokens,
                                block_docs, layers if layers is None or isinstance(layers, str) else tuple(layers))
-    part = parse_shard(shard) if shard is not None else torchrun_shard()
+    part = torchrun_shard()
+    if shard is not None:
+        if part is not None:
+            raise InputError(f"--shard {shard} under torchrun ({part} already): torchrun gives each rank its shard; "
+                             "drop --shard, or run without torchrun.")
+        part = parse_shard(shard)
     check_output(output, folder=False)
     if part is not None:
         return _extract_shard(spec, settings, output, part, force, progress, start)
@@ -359,7 +375,7 @@ def shard_blocks(costs: np.ndarray, count: int) -> list[list[int]]:
     return [sorted(p) for p in parts]
 
 
-SHARD_BLOCKS = 8  # blocks per shard at least, when the corpus is small enough to need smaller blocks for it
+SHARD_BLOCKS = 8  # blocks per shard (about), for a corpus small enough to need smaller blocks for that
 MIN_BLOCK_DOCS = 64
 
 
@@ -409,7 +425,7 @@ def _publish_if_complete(plan: "_Plan", output: Path, part: Shard) -> str:
         return "up to date"
     missing = _missing_shards(plan, part.count)
     if missing:
-        return f"{part} written; shards {','.join(map(str, missing))} of {part.count} are not yet"
+        return f"{part} written; still to come: shard {','.join(map(str, missing))} of {part.count}"
     _publish(plan, resolve_device(plan.settings.device))
     return "created"
 
@@ -439,7 +455,7 @@ def merge_shards(output: str | Path, progress: bool = True) -> ExtractResult:
         plan = _plan(CorpusSpec(**request["spec"]), settings, output, False, progress, count)
         missing = [] if plan.shards is None else _missing_shards(plan, count)
         if missing:
-            raise InputError(f"{output}: shards {','.join(map(str, missing))} of {count} are not complete; run "
+            raise InputError(f"{output}: shard {','.join(map(str, missing))} of {count} not complete; run "
                              f"`finetext extract ... -o {output} --shard I/{count}` for each of them, then merge.")
         status = _publish_if_complete(plan, output, Shard(0, count))
     return ExtractResult(output, status, plan.summary.n_docs, time.perf_counter() - start)
@@ -537,11 +553,15 @@ def _encode(plan: _Plan, mine: Sequence[int], device: torch.device, progress: bo
     blocks = islice(_blocks(iter_records(plan.spec), plan.block_size), max(todo) + 1)
     with tqdm(total=sum(docs.values()), initial=sum(docs.values()) - sum(docs[b] for b in todo), unit="doc",
               disable=not progress, desc=desc, dynamic_ncols=True) as bar, \
-            ThreadPoolExecutor(max_workers=1) as reader:
-        rate = _TokenRate(bar)
+            ThreadPoolExecutor(max_workers=1) as reader, ThreadPoolExecutor(max_workers=1) as writer:
+        rate, written = _TokenRate(bar), None
         for b, tokenized in _prefetched(((b, block) for b, block in enumerate(blocks) if b in wanted),
                                         encoder.tokenize, reader):
-            plan.shards.save(b, encoder.encode(tokenized, on_batch=rate))
+            arrays = encoder.encode(tokenized, on_batch=rate)
+            if written is not None:
+                written.result()  # the block before is stored (or its error, a full disk, raised here)
+            written = writer.submit(plan.shards.save, b, arrays)  # stored while the next block runs
+        written.result()
 
 
 def _publish(plan: _Plan, device: torch.device) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from finetext.extract import open_cache
+from finetext.extract import extract_corpus, open_cache
 from finetext.extract.cache import partial_dir
 from finetext.extract.errors import InputError
 from finetext.extract.outputs import exclusive
@@ -105,14 +105,15 @@ def test_shards_run_apart_and_the_last_publishes_or_merge_does(single, tmp_path,
 
     out = tmp_path / "bbc.h5"
     first = _extract(out, "--shard", "1/2")
-    assert first.returncode == 0 and "shards 0 of 2 are not yet" in first.stdout, first.stdout
+    assert first.returncode == 0 and "still to come: shard 0 of 2" in first.stdout, first.stdout
     assert main(["merge", str(out)]) == 2
-    assert "shards 0 of 2 are not complete" in capsys.readouterr().err
+    assert "shard 0 of 2 not complete" in capsys.readouterr().err
     with exclusive(out):  # another process holds the cache: the last shard leaves publishing to it
         last = _extract(out, "--shard", "0/2")
     assert last.returncode == 0 and "another shard is publishing" in last.stdout, last.stdout
     assert not out.exists()
     assert main(["merge", str(out), "-q"]) == 0
+    assert capsys.readouterr().out.startswith(f"{out}: created")
     _same_cache(single, out)
     assert not partial_dir(out).exists()
     assert _extract(out, "--shard", "0/2").stdout.startswith(f"{out}: up to date")
@@ -120,7 +121,7 @@ def test_shards_run_apart_and_the_last_publishes_or_merge_does(single, tmp_path,
     assert main(["merge", str(tmp_path / "none.h5")]) == 2 and "no shards to merge" in capsys.readouterr().err
 
 
-def test_blocks_are_balanced_by_estimated_tokens_across_shards():
+def test_blocks_are_balanced_by_estimated_tokens_across_shards(monkeypatch, tmp_path):
     chars = np.array([4000] * 10 + [40] * 90, dtype=np.int32)  # long rows first: by rows, shard 0 gets the work
     costs = block_costs(chars, 10, 256)
     assert costs.tolist() == [2560] + [120] * 9  # 4000 characters pass 256 tokens: capped
@@ -133,3 +134,7 @@ def test_blocks_are_balanced_by_estimated_tokens_across_shards():
     for bad in ("8/8", "-1/2", "1", "a/b", "0/0"):
         with pytest.raises(InputError, match="expected I/N"):
             parse_shard(bad)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(InputError, match="under torchrun"):
+        extract_corpus("bbc", tmp_path / "c.h5", shard="1/2")
