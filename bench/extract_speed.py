@@ -14,7 +14,8 @@ measured with blocks of --memory-block-docs, where both runs hold several full b
 (start-up included) in alternation, best of --repeats: on a CPU R ranks of one thread each against one process of R
 threads; on GPUs one rank per GPU against one process on one GPU.
 
-    python bench/extract_speed.py [--trec 2000] [--bbc 400] [--max-length 256] [--device auto] [--ranks R]
+    python bench/extract_speed.py [--trec 2000] [--bbc 400] [--max-length 256] [--device auto] [--dtype fp32]
+                                  [--ranks R]
 """
 from __future__ import annotations
 
@@ -125,6 +126,7 @@ def main() -> None:
     ap.add_argument("--batch-tokens", type=int, default=None, help="default: finetext's own for the device")
     ap.add_argument("--naive-batch", type=int, default=32)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="compute dtype of every loop")
     ap.add_argument("--repeats", type=int, default=5, help="alternating runs of a and b; the best of each counts")
     ap.add_argument("--memory-max-length", type=int, default=64, help="max length for the memory runs")
     ap.add_argument("--memory-block-docs", type=int, default=400, help="the block size of the second memory pair")
@@ -139,10 +141,10 @@ def main() -> None:
     texts = [r.text for r in iter_records(CorpusSpec(str(corpus)))]
     path = resolve_model(None)
     tokenizer = load_tokenizer(path, None)
-    model = load_model(path, None, device, "fp32")
+    model = load_model(path, None, device, args.dtype)  # (b) and (c) in the dtype (a) computes in
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({cpu_name()})"
     print(f"device: {name}; corpus: {n} docs ({args.trec} TREC questions + {args.bbc} BBC articles, shuffled), "
-          f"max_length {args.max_length}, "
+          f"max_length {args.max_length}, {args.dtype}, "
           f"batch budget {args.batch_tokens} tokens")
     naive(model, tokenizer, texts[:64], args.max_length, args.naive_batch, device)  # warm-up
 
@@ -153,7 +155,7 @@ def main() -> None:
         t, tokens = bare_sorted(model, tokenizer, texts, args.max_length, args.batch_tokens, device)
         start = time.perf_counter()
         extract_corpus(str(corpus), work / "a.h5", max_length=args.max_length, device=args.device,
-                       batch_tokens=args.batch_tokens, progress=False, force=True)
+                       compute_dtype=args.dtype, batch_tokens=args.batch_tokens, progress=False, force=True)
         pairs.append((time.perf_counter() - start, t))
     t_a, t_b = min(a for a, _ in pairs), min(b for _, b in pairs)
     t_c = naive(model, tokenizer, texts, args.max_length, args.naive_batch, device)
@@ -179,6 +181,8 @@ def main() -> None:
                   f"ratio {live10 / live1:.2f}")
 
     ranks = args.ranks or (torch.cuda.device_count() if device.type == "cuda" else 2)
+    if ranks < 2:
+        return  # one GPU: nothing to share out
     many, one = ranks_against_one(corpus, work, args.max_length, args.device, ranks, min(args.repeats, 3))
     what = f"{ranks} GPUs against 1" if device.type == "cuda" else f"{ranks} ranks of 1 thread against 1 of {ranks}"
     print(f"torchrun, {what}: {many:.1f} s against {one:.1f} s ({n / many:.1f} against {n / one:.1f} docs/s), "

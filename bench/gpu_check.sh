@@ -40,6 +40,7 @@ step heads-speed 180 $PY bench/heads_speed.py --device $DEV
 step cv-check 120 $PY bench/cv_check.py trec bbc --device $DEV
 step heads-precision 120 $PY bench/heads_precision.py --device $DEV --seeds-all 2
 step extract-speed-all 150 $PY bench/extract_speed.py --device $DEV --trec 5452 --bbc 2225
+step extract-speed-all-bf16 150 $PY bench/extract_speed.py --device $DEV --trec 5452 --bbc 2225 --dtype bf16
 step extract-speed 120 $PY bench/extract_speed.py --device $DEV
 step extract-phases 60 bash -c "cd bench && $PY extract_phases.py --device $DEV"
 step finetune-bench 300 bash -c "$PY bench/finetune_trec.py && cp runs/bench/finetune/report/summary.md $LOG/"
