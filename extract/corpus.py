@@ -170,7 +170,8 @@ class CorpusSummary:
     label_names: list[str]
     fingerprint: str  # sha256 over (id, text, text_pair, label) of every kept row, in order
     skipped: dict[str, int] = field(default_factory=dict)  # problem -> rows dropped with skip_bad_rows
-    chars: np.ndarray | None = None  # (n_docs,) int32 characters of each row's text (and pair): its cost to encode
+    chars: np.ndarray | None = None  # (n_docs,) uint16 characters of each row's text and pair, at most 65,535: the
+    # cost to encode it (a model's position limit is reached long before)
 
 
 def bbc_folder() -> Path:
@@ -410,7 +411,7 @@ def scan(spec: CorpusSpec) -> CorpusSummary:
     ids: RowNumbers | Strings = RowNumbers() if numbered else Strings()
     id_hashes = array("Q")  # 8 bytes of each id's digest: duplicates are found by sorting them
     codes = array("i")  # each row's label, numbered in order of first appearance (-1: none)
-    chars = array("i")
+    chars = array("H")
     first_seen: dict[str, int] = {}
     for rec in iter_records(spec, problems):
         if numbered:
@@ -420,7 +421,7 @@ def scan(spec: CorpusSpec) -> CorpusSummary:
             id_hashes.append(int.from_bytes(hashlib.blake2b(rec.id.encode("utf-8", errors="surrogateescape"),
                                                             digest_size=8).digest(), "little"))
         codes.append(-1 if rec.label is None else first_seen.setdefault(rec.label, len(first_seen)))
-        chars.append(min(len(rec.text) + len(rec.text_pair or ""), 2**31 - 1))
+        chars.append(min(len(rec.text) + len(rec.text_pair or ""), 65535))
         _digest_record(h, rec)
     where = spec.source if spec.source not in BUILTIN_CORPORA else str(resolve(spec).source)
     hashes = np.frombuffer(id_hashes, dtype=np.uint64) if len(id_hashes) else np.zeros(0, np.uint64)
@@ -438,7 +439,7 @@ def scan(spec: CorpusSpec) -> CorpusSummary:
     order = np.array([label_names.index(name) for name in first_seen] + [-1], dtype=np.int32)  # [-1]: no label
     labels = order[np.frombuffer(codes, dtype=np.int32) if len(codes) else np.zeros(0, np.int32)]
     return CorpusSummary(len(ids), ids, labels, label_names, h.hexdigest(), dict(problems.counts),
-                         np.frombuffer(chars, dtype=np.int32) if len(chars) else np.zeros(0, np.int32))
+                         np.frombuffer(chars, dtype=np.uint16) if len(chars) else np.zeros(0, np.uint16))
 
 
 def _refuse_duplicate_ids(spec: CorpusSpec, where: str) -> None:
