@@ -49,7 +49,7 @@ class ShardStore:
         self.dir = partial_dir(output)
         expected = {**fingerprints, "block_docs": block_docs}
         if self.dir.exists() and self._read("manifest.json") != expected:  # their blocks are not this run's: useless
-            shutil.rmtree(self.dir)
+            shutil.rmtree(self.dir, ignore_errors=True)  # (another shard of this run may be removing it too)
         if not self.dir.exists():  # made whole, then renamed: shards of one run starting together see one manifest
             staging = output.with_name(f".{output.name}.staging-shards{os.getpid()}")
             shutil.rmtree(staging, ignore_errors=True)
