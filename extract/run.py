@@ -409,7 +409,7 @@ def _extract_shard(spec: CorpusSpec, settings: ExtractSettings, output: Path, pa
     try:
         with exclusive(output):
             remove_leftovers(output)
-            status = _publish_if_complete(plan, output, part)
+            status = _publish_if_complete(plan, output, part, force)
     except OutputBusyError:
         if part.torchrun:
             raise
@@ -418,9 +418,10 @@ def _extract_shard(spec: CorpusSpec, settings: ExtractSettings, output: Path, pa
                          time.perf_counter() - start)
 
 
-def _publish_if_complete(plan: "_Plan", output: Path, part: Shard) -> str:
-    """Publish the cache when every shard's blocks are there (holding the output's lock); the status to report."""
-    if plan.shards is None or _up_to_date(output, plan.fingerprints, plan.identity, False):
+def _publish_if_complete(plan: "_Plan", output: Path, part: Shard, force: bool = False) -> str:
+    """Publish the cache when every shard's blocks are there (holding the output's lock); the status to report.
+    force: replace a cache of another corpus or other settings at `output` (as --force does)."""
+    if plan.shards is None or _up_to_date(output, plan.fingerprints, plan.identity, force, redo_same=False):
         ShardStore.discard(output)
         return "up to date"
     missing = _missing_shards(plan, part.count)
@@ -532,7 +533,7 @@ def _plan(spec: CorpusSpec, settings: ExtractSettings, output: Path, force: bool
     block_size = shard_block_size(settings, summary.n_docs, count)
     plan = _Plan(spec, settings, output, summary, info, tokenizer, length, layers_kept, subset, states, identity,
                  fingerprints, block_size, -(-summary.n_docs // block_size), None)
-    if _up_to_date(output, fingerprints, identity, force):
+    if _up_to_date(output, fingerprints, identity, force, redo_same=count == 1):
         return plan
     if output.parent and not output.parent.exists():
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -600,19 +601,25 @@ class _TokenRate:
         self.bar.update(docs)
 
 
-def _up_to_date(output: Path, fingerprints: dict[str, str], identity: dict[str, Any], force: bool) -> bool:
+def _up_to_date(output: Path, fingerprints: dict[str, str], identity: dict[str, Any], force: bool,
+                redo_same: bool = True) -> bool:
     """Whether `output` already holds this corpus with these settings. A cache of another corpus or other settings
-    is refused (CacheMismatchError, both fingerprints and the settings that differ shown) unless `force`."""
-    if force or not output.exists():
+    is refused (CacheMismatchError, both fingerprints and the settings that differ shown) unless `force`, which
+    also rebuilds the same cache unless not `redo_same` (shards: one of them may have just published it)."""
+    if not output.exists() or (force and redo_same):
         return False
     try:
         existing = read_attrs(output)
     except CacheFormatError as exc:
+        if force:
+            return False
         raise CacheMismatchError(f"{output} exists and is not a finetext cache ({str(exc).split(': ', 1)[-1]}) "
                                  "Pass --force to replace it, or choose another --output.") from None
     theirs = {k: existing.get(k) for k in fingerprints}
     if theirs == fingerprints:
         return True
+    if force:
+        return False
     differ = [{"corpus": "another corpus", "settings": "other settings"}[k.split("_")[0]]
               for k in fingerprints if theirs[k] != fingerprints[k]]
     old_identity = existing.get("settings") or {}

@@ -138,3 +138,17 @@ def test_blocks_are_balanced_by_estimated_tokens_across_shards(monkeypatch, tmp_
     monkeypatch.setenv("RANK", "1")
     with pytest.raises(InputError, match="under torchrun"):
         extract_corpus("bbc", tmp_path / "c.h5", shard="1/2")
+
+
+def test_shards_with_force_replace_a_cache_of_other_settings_once(tmp_path, small_csv, tiny_bert):
+    from finetext.extract.errors import CacheMismatchError
+
+    out = tmp_path / "c.h5"
+    run = dict(model=str(tiny_bert), max_length=16, block_docs=5, progress=False)  # 2 blocks, one a shard
+    extract_corpus(str(small_csv), out, **{**run, "max_length": 8})
+    with pytest.raises(CacheMismatchError):
+        extract_corpus(str(small_csv), out, shard="0/2", **run)
+    said = [extract_corpus(str(small_csv), out, shard=f"{i}/2", force=True, **run).status for i in (0, 1, 0)]
+    assert said[0] == "shard 0/2 written; still to come: shard 1 of 2" and said[1:] == ["created", "up to date"]
+    with open_cache(out) as cache:
+        assert cache.meta["max_length"] == 16 and len(cache.ids) == 10
