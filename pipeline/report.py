@@ -130,9 +130,9 @@ def learning_curve_figure(summary: list[dict[str, Any]], title: str | None = Non
     ax.minorticks_off()
     ax.set_xlabel(f"labelled training documents{' per class' if per_class else ''} (log scale)")
     ax.set_ylabel("test accuracy (%)")
-    seeds = max(r["seeds"] for r in summary)
-    ax.set_title((f"{title}\n" if title else "") + f"mean ± 95% CI over {seeds} seed{'s' if seeds > 1 else ''}",
-                 fontsize=11)
+    fewest, most = min(r["seeds"] for r in summary), max(r["seeds"] for r in summary)
+    seeds = f"{most} seed{'s' if most > 1 else ''}" if fewest == most else f"{fewest}–{most} seeds (per point)"
+    ax.set_title((f"{title}\n" if title else "") + f"mean ± 95% CI over {seeds}", fontsize=11)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -53,8 +53,14 @@ def test_sweep_writes_tables_plots_and_config(tmp_path, bbc_cache, capsys):
     for name in ("learning_curves.png", "layer_weights.png", "layer_probe.png"):
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and plt.imread(out / name).ndim == 3
-    fig = learning_curve_figure(summarize(read_cells(out / "cells.jsonl")))
+    cells = read_cells(out / "cells.jsonl")
+    fig = learning_curve_figure(summarize(cells))
     assert len(fig.axes[0].get_lines()) == 3  # one line per head
+    assert fig.axes[0].get_title() == "mean ± 95% CI over 2 seeds"
+    plt.close(fig)
+    fewer = [c for c in cells if c["head"] != "last-layer" or c["seed"] == 0]  # a head with one seed fewer
+    fig = learning_curve_figure(summarize(fewer))
+    assert fig.axes[0].get_title() == "mean ± 95% CI over 1–2 seeds (per point)"
     plt.close(fig)
     toml = (out / "config.toml").read_text()
     assert "corpus_fingerprint" in toml and "torch" in toml
