@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import random
 import os
+import random
 import subprocess
 import sys
 import tempfile
