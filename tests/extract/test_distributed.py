@@ -53,6 +53,7 @@ def _same_cache(a: Path, b: Path) -> None:
 
 
 def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc's parent ids)."""
     children = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -62,8 +63,9 @@ def _descendants(pid: int) -> list[int]:
         children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
     out, todo = [], [pid]
     while todo:
-        out += children.get(todo.pop(), [])
-        todo += children.get(out[-1], []) if out else []
+        below = children.get(todo.pop(), [])
+        out += below
+        todo += below
     return out
 
 
