@@ -48,7 +48,7 @@ class ShardStore:
                  request: dict[str, Any] | None = None) -> None:
         self.dir = partial_dir(output)
         expected = {**fingerprints, "block_docs": block_docs}
-        if self.dir.exists() and self._read("manifest.json") != expected:  # their blocks are not this run's: useless
+        if self.dir.exists() and _read_json(self.dir / "manifest.json") != expected:  # their blocks are not this run's: useless
             shutil.rmtree(self.dir, ignore_errors=True)  # (another shard of this run may be removing it too)
         if not self.dir.exists():  # made whole, then renamed: shards of one run starting together see one manifest
             staging = output.with_name(f".{output.name}.staging-shards{os.getpid()}")
@@ -62,19 +62,10 @@ class ShardStore:
             except OSError:  # another shard of this run made it first
                 shutil.rmtree(staging, ignore_errors=True)
 
-    def _read(self, name: str) -> Any:
-        try:
-            return json.loads((self.dir / name).read_text())
-        except (OSError, ValueError):
-            return None
-
     @staticmethod
     def request(output: Path) -> dict[str, Any] | None:
         """What the sharded run writing `output` was asked (the corpus and settings), for `finetext merge`."""
-        try:
-            return json.loads((partial_dir(output) / "request.json").read_text())
-        except (OSError, ValueError):
-            return None
+        return _read_json(partial_dir(output) / "request.json")
 
     def path(self, block: int) -> Path:
         return self.dir / f"block-{block:06d}.npz"
@@ -121,6 +112,14 @@ def check_free_space(path: Path, needed: int, what: str) -> None:
 def _fsync(path: Path) -> None:
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
+
+
+def _read_json(path: Path) -> Any:
+    """A JSON file's value; None when it is missing or not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

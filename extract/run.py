@@ -317,7 +317,7 @@ def extract_corpus(
             return ExtractResult(output, "up to date", plan.summary.n_docs, time.perf_counter() - start)
         resumed = any(plan.shards.done(b) for b in range(plan.n_blocks))
         torch_device = resolve_device(settings.device)
-        _encode(plan, range(plan.n_blocks), torch_device, progress, f"extract {Path(spec.source).name}")
+        _encode(plan, plan.parts[0], torch_device, progress, f"extract {Path(spec.source).name}")
         _publish(plan, torch_device)
     status = "resumed" if resumed else "created"
     return ExtractResult(output, status, plan.summary.n_docs, time.perf_counter() - start)
@@ -397,11 +397,10 @@ def _extract_shard(spec: CorpusSpec, settings: ExtractSettings, output: Path, pa
         plan = _plan(spec, settings, output, force, show, part.count, request={
             "spec": {**asdict(spec), "source": _absolute(spec.source)}, "settings": asdict(settings),
             "shards": part.count})
-        mine: list[int] = []
+        mine = plan.parts[part.index]
         if plan.shards is not None:
-            mine = shard_blocks(block_costs(plan.summary.chars, plan.block_size, plan.length), part.count)[part.index]
             _encode(plan, mine, _rank_device(settings.device, part), show, f"extract {Path(spec.source).name} [{part}]")
-    n_mine = sum(min(plan.block_size, plan.summary.n_docs - b * plan.block_size) for b in mine)
+    n_mine = sum(plan.docs(b) for b in mine)
     if part.torchrun:
         _wait_for_ranks()
         if part.index != 0:
@@ -414,8 +413,8 @@ def _extract_shard(spec: CorpusSpec, settings: ExtractSettings, output: Path, pa
         if part.torchrun:
             raise
         status = f"{part} written; another shard is publishing the cache"
-    return ExtractResult(output, status, n_mine if status.startswith(str(part)) else plan.summary.n_docs,
-                         time.perf_counter() - start)
+    whole = status in ("created", "up to date")
+    return ExtractResult(output, status, plan.summary.n_docs if whole else n_mine, time.perf_counter() - start)
 
 
 def _publish_if_complete(plan: "_Plan", output: Path, part: Shard, force: bool = False) -> str:
@@ -424,16 +423,15 @@ def _publish_if_complete(plan: "_Plan", output: Path, part: Shard, force: bool =
     if plan.shards is None or _up_to_date(output, plan.fingerprints, plan.identity, force, redo_same=False):
         ShardStore.discard(output)
         return "up to date"
-    missing = _missing_shards(plan, part.count)
+    missing = _missing_shards(plan)
     if missing:
         return f"{part} written; still to come: shard {','.join(map(str, missing))} of {part.count}"
     _publish(plan, resolve_device(plan.settings.device))
     return "created"
 
 
-def _missing_shards(plan: "_Plan", count: int) -> list[int]:
-    parts = shard_blocks(block_costs(plan.summary.chars, plan.block_size, plan.length), count)
-    return [i for i, blocks in enumerate(parts) if not all(plan.shards.done(b) for b in blocks)]
+def _missing_shards(plan: "_Plan") -> list[int]:
+    return [i for i, blocks in enumerate(plan.parts) if not all(plan.shards.done(b) for b in blocks)]
 
 
 def merge_shards(output: str | Path, progress: bool = True) -> ExtractResult:
@@ -454,7 +452,7 @@ def merge_shards(output: str | Path, progress: bool = True) -> ExtractResult:
     with exclusive(output):
         remove_leftovers(output)
         plan = _plan(CorpusSpec(**request["spec"]), settings, output, False, progress, count)
-        missing = [] if plan.shards is None else _missing_shards(plan, count)
+        missing = [] if plan.shards is None else _missing_shards(plan)
         if missing:
             raise InputError(f"{output}: shard {','.join(map(str, missing))} of {count} not complete; run "
                              f"`finetext extract ... -o {output} --shard I/{count}` for each of them, then merge.")
@@ -515,7 +513,12 @@ class _Plan:
     fingerprints: dict[str, str]
     block_size: int
     n_blocks: int
+    parts: list[list[int]]  # the blocks of each shard (one shard: all of them)
     shards: ShardStore | None
+
+    def docs(self, block: int) -> int:
+        """Documents in a block (the last may be short)."""
+        return min(self.block_size, self.summary.n_docs - block * self.block_size)
 
 
 def _plan(spec: CorpusSpec, settings: ExtractSettings, output: Path, force: bool, progress: bool, count: int = 1,
@@ -531,8 +534,9 @@ def _plan(spec: CorpusSpec, settings: ExtractSettings, output: Path, force: bool
     identity = settings_identity(settings, info, length, info.n_layers, subset)
     fingerprints = {"corpus_fingerprint": summary.fingerprint, "settings_fingerprint": fingerprint(identity)}
     block_size = shard_block_size(settings, summary.n_docs, count)
+    parts = shard_blocks(block_costs(summary.chars, block_size, length), count)
     plan = _Plan(spec, settings, output, summary, info, tokenizer, length, layers_kept, subset, states, identity,
-                 fingerprints, block_size, -(-summary.n_docs // block_size), None)
+                 fingerprints, block_size, -(-summary.n_docs // block_size), parts, None)
     if _up_to_date(output, fingerprints, identity, force, redo_same=count == 1):
         return plan
     if output.parent and not output.parent.exists():
@@ -550,7 +554,7 @@ def _encode(plan: _Plan, mine: Sequence[int], device: torch.device, progress: bo
     settings, wanted = plan.settings, set(todo)
     encoder = BlockEncoder(load_model(resolve_model(settings.model), settings.revision, device, settings.compute_dtype),
                            plan.tokenizer, device, settings, plan.length, plan.layers_kept, plan.subset)
-    docs = {b: min(plan.block_size, plan.summary.n_docs - b * plan.block_size) for b in mine}
+    docs = {b: plan.docs(b) for b in mine}
     blocks = islice(_blocks(iter_records(plan.spec), plan.block_size), max(todo) + 1)
     with tqdm(total=sum(docs.values()), initial=sum(docs.values()) - sum(docs[b] for b in todo), unit="doc",
               disable=not progress, desc=desc, dynamic_ncols=True) as bar, \
