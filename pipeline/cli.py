@@ -504,7 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("baseline", help="a published few-shot method on the rows finetune draws (SetFit)",
                        description="Train a published few-shot method with its own defaults on exactly the rows "
                                    "`finetext finetune --budget K --seed S` draws, and write metrics.json and "
-                                   "cells.jsonl for `finetext compare`. Needs `pip install 'finetext[baselines]'`.")
+                                   "cells.jsonl for `finetext compare`. A checkpoint is saved every ten minutes of "
+                                   "training: the same command after an interruption resumes from it. Needs "
+                                   "`pip install 'finetext[baselines]'`.")
     p.add_argument("method", choices=["setfit"], help="setfit: the setfit package's Trainer with its defaults")
     add_corpus_options(p, labels_needed=True)
     p.add_argument("--test", default=None, help="labelled test corpus (default: the test split of a registered "

@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -39,7 +44,8 @@ def test_setfit_trains_on_the_drawn_rows_and_compare_puts_it_beside_finetune(tmp
     cell = json.loads((tmp_path / "setfit" / "cells.jsonl").read_text())
     assert metrics["n_train"] == cell["n_train"] == 9 and cell["head"] == "setfit" and cell["budget"] == "3"
     assert 0 <= metrics["test_accuracy"] <= 1 and metrics["train_seconds"] > 0
-    assert not list(tmp_path.glob("checkpoints"))  # setfit's own checkpoints stay out of the user's folders
+    assert metrics["resumed_from_step"] is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["setfit", "test.csv", "train.csv"]
     ft = ["finetune", train, "--test", test, "--budget", "3", "--seed", "1", "--model", str(tiny_bert),
           "-o", str(tmp_path / "ft"), "--quiet", *[f"--{k.replace('_', '-')}={v}" for k, v in FAST.items()
                                                    if k not in ("dropout", "warmup")]]
@@ -51,3 +57,57 @@ def test_setfit_trains_on_the_drawn_rows_and_compare_puts_it_beside_finetune(tmp
     table = capsys.readouterr().out
     assert "setfit" in table and "finetune-layer-attention" in table
     assert (tmp_path / "cmp" / "learning_curves.png").exists()
+
+
+@pytest.mark.slow
+def test_a_setfit_run_killed_with_sigkill_resumes_from_its_checkpoint_to_the_same_result(tmp_path, tiny_bert, capsys):
+    pytest.importorskip("setfit")
+    for split, n, seed in (("train", 12, 0), ("test", 6, 1)):
+        write_csv(tmp_path / f"{split}.csv", [{"text": r.text, "label": r.label} for r in _records(n, seed)])
+    args = ["baseline", "setfit", str(tmp_path / "train.csv"), "--test", str(tmp_path / "test.csv"), "--budget", "10",
+            "--model", str(tiny_bert), "-q", "-o"]
+    assert main(args + [str(tmp_path / "clean")]) == 0
+    clean = json.loads((tmp_path / "clean" / "metrics.json").read_text())
+
+    # a checkpoint after every step, then SIGKILL once one past the first few is complete
+    run = tmp_path / ".killed.setfit-run"
+    code = ("import sys; import finetext.pipeline.baseline as b; b.CHECKPOINT_SECONDS = 0; "
+            "from finetext.pipeline.cli import main; sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.Popen([sys.executable, "-c", code, *args, str(tmp_path / "killed")],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not [c for c in run.glob("checkpoint-*/finetext.json")
+                                               if int(c.parent.name.split("-")[1]) >= 5]:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed").exists()
+    steps = [int(c.parent.name.split("-")[1]) for c in run.glob("checkpoint-*/finetext.json")]
+    assert steps and max(steps) >= 5, "the kill should land after a checkpoint"
+
+    capsys.readouterr()
+    assert main(args + [str(tmp_path / "killed")]) == 0
+    assert "resuming SetFit from checkpoint-" in capsys.readouterr().err
+    resumed = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    assert resumed["resumed_from_step"] == max(steps)
+    for key in ("test_accuracy", "test_macro_f1", "n_train"):
+        assert resumed[key] == clean[key]
+    assert not run.exists()  # the checkpoints go once the results are written
+
+
+@pytest.mark.slow
+def test_checkpoints_of_another_run_are_not_resumed(tmp_path, tiny_bert, capsys):
+    pytest.importorskip("setfit")
+    import finetext.pipeline.baseline as baseline
+
+    write_csv(tmp_path / "train.csv", [{"text": r.text, "label": r.label} for r in _records(6, 0)])
+    write_csv(tmp_path / "test.csv", [{"text": r.text, "label": r.label} for r in _records(2, 1)])
+    stale = tmp_path / ".b.setfit-run" / "checkpoint-3"
+    stale.mkdir(parents=True)
+    (stale / "finetext.json").write_text(json.dumps({"seconds": 5.0, "run": "another run"}))
+    capsys.readouterr()
+    assert main(["baseline", "setfit", str(tmp_path / "train.csv"), "--test", str(tmp_path / "test.csv"),
+                 "--budget", "3", "--model", str(tiny_bert), "-q", "-o", str(tmp_path / "b")]) == 0
+    assert "holds checkpoints of another SetFit run" in capsys.readouterr().err
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["resumed_from_step"] is None
+    assert not (tmp_path / ".b.setfit-run").exists() and baseline.CHECKPOINT_SECONDS == 600
