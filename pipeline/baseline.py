@@ -3,9 +3,9 @@ exactly the rows `finetext finetune --budget K --seed S` draws, with results wri
 (`metrics.json`, `cells.jsonl`) so that `finetext compare` puts it on the same learning curve.
 
 The baseline is for comparison only: its model is not kept (SetFit saves its classifier head with joblib, which
-finetext never loads). Its training state is: every CHECKPOINT_SECONDS the run saves a checkpoint beside the
-output (`.NAME.setfit-run/`), and the same command after an interruption resumes from the last one instead of
-starting over (setfit's own `Trainer.train` cannot); the folder goes once the results are written.
+finetext never loads). While it trains, a checkpoint is saved every CHECKPOINT_SECONDS beside the output
+(`.NAME.setfit-run/`), and the same command after an interruption resumes from the last one instead of starting
+over (setfit's own `Trainer.train` cannot); the folder goes once the results are written.
 """
 from __future__ import annotations
 

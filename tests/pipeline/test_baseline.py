@@ -73,8 +73,7 @@ def test_a_setfit_run_killed_with_sigkill_resumes_from_its_checkpoint_to_the_sam
     run = tmp_path / ".killed.setfit-run"
     code = ("import sys; import finetext.pipeline.baseline as b; b.CHECKPOINT_SECONDS = 0; "
             "from finetext.pipeline.cli import main; sys.exit(main(sys.argv[1:]))")
-    proc = subprocess.Popen([sys.executable, "-c", code, *args, str(tmp_path / "killed")],
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen([sys.executable, "-c", code, *args, str(tmp_path / "killed")])
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not [c for c in run.glob("checkpoint-*/finetext.json")
                                                if int(c.parent.name.split("-")[1]) >= 5]:
@@ -98,8 +97,6 @@ def test_a_setfit_run_killed_with_sigkill_resumes_from_its_checkpoint_to_the_sam
 @pytest.mark.slow
 def test_checkpoints_of_another_run_are_not_resumed(tmp_path, tiny_bert, capsys):
     pytest.importorskip("setfit")
-    import finetext.pipeline.baseline as baseline
-
     write_csv(tmp_path / "train.csv", [{"text": r.text, "label": r.label} for r in _records(6, 0)])
     write_csv(tmp_path / "test.csv", [{"text": r.text, "label": r.label} for r in _records(2, 1)])
     stale = tmp_path / ".b.setfit-run" / "checkpoint-3"
@@ -110,4 +107,4 @@ def test_checkpoints_of_another_run_are_not_resumed(tmp_path, tiny_bert, capsys)
                  "--budget", "3", "--model", str(tiny_bert), "-q", "-o", str(tmp_path / "b")]) == 0
     assert "holds checkpoints of another SetFit run" in capsys.readouterr().err
     assert json.loads((tmp_path / "b" / "metrics.json").read_text())["resumed_from_step"] is None
-    assert not (tmp_path / ".b.setfit-run").exists() and baseline.CHECKPOINT_SECONDS == 600
+    assert not (tmp_path / ".b.setfit-run").exists()
