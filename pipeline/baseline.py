@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,8 @@ def _quiet_setfit() -> None:
     datasets.disable_progress_bars()
     setfit.logging.set_verbosity_error()
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()  # loading and saving weights
+    warnings.filterwarnings("ignore", message="'pin_memory' argument is set as true but no accelerator")
 
 
 def run_setfit(task: Task, output: str | os.PathLike, *, seed: int = 0, model: str | None = None,
@@ -74,10 +77,11 @@ def run_setfit(task: Task, output: str | os.PathLike, *, seed: int = 0, model: s
         trainer = Trainer(model=SetFitModel.from_pretrained(resolve_model(model)), args=args,
                           train_dataset=Dataset.from_dict({"text": [r.text for r in train],
                                                            "label": [r.label for r in train]}))
-        if not progress:  # the transformers Trainer underneath draws its own bar and prints its logs
-            from transformers.trainer_callback import ProgressCallback
+        if not progress:  # the transformers Trainer underneath draws its own bar, or prints its logs instead
+            from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
             trainer.st_trainer.remove_callback(ProgressCallback)
+            trainer.st_trainer.remove_callback(PrinterCallback)
         clock, resumed = run.resume(trainer.st_trainer)
         trainer.train()
         seconds = clock.seconds()

@@ -519,7 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default=None, help="split of a registered dataset used for training (default train)")
     p.add_argument("--name", default=None, help="task name in the results (default: the dataset name or file stem)")
     p.add_argument("--output", "-o", required=True, help="result folder: metrics.json and cells.jsonl")
-    p.add_argument("--quiet", "-q", action="store_true", help="fewer progress bars (SetFit's trainer keeps its own)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or training logs")
     p.set_defaults(handler=_baseline)
 
     p = sub.add_parser("multitask", help="one model for several tasks (cached or end to end) vs one per task",

@@ -40,6 +40,9 @@ def test_setfit_trains_on_the_drawn_rows_and_compare_puts_it_beside_finetune(tmp
     train, test = str(tmp_path / "train.csv"), str(tmp_path / "test.csv")
     assert main(["baseline", "setfit", train, "--test", test, "--budget", "3", "--seed", "1",
                  "-o", str(tmp_path / "setfit"), "-q"]) == 0
+    said = capsys.readouterr()
+    assert said.out.startswith("setfit on 9 training documents") and "embedding_loss" not in said.out
+    assert "Loading weights" not in said.err and "pin_memory" not in said.err  # --quiet: no bars, logs or warnings
     metrics = json.loads((tmp_path / "setfit" / "metrics.json").read_text())
     cell = json.loads((tmp_path / "setfit" / "cells.jsonl").read_text())
     assert metrics["n_train"] == cell["n_train"] == 9 and cell["head"] == "setfit" and cell["budget"] == "3"
