@@ -9,7 +9,6 @@ over (setfit's own `Trainer.train` cannot); the folder goes once the results are
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -24,6 +23,7 @@ import numpy as np
 from finetext.extract import InputError
 from finetext.extract.encoder import resolve_model
 from finetext.extract.outputs import check_output, exclusive, remove_leftovers
+from finetext.extract.run import fingerprint
 from finetext.pipeline.finetune import Task
 from finetext.pipeline.publish import publish_text
 from finetext.pipeline.sweep import budget_rows
@@ -108,10 +108,8 @@ def _run_identity(train: list, seed: int, model: str | None) -> str:
     """A checksum of what decides a SetFit run: its rows' texts and labels, the seed, the model, setfit's version."""
     import setfit
 
-    h = hashlib.sha256(json.dumps([seed, str(resolve_model(model)), setfit.__version__]).encode())
-    for r in train:
-        h.update(json.dumps([r.text, r.label]).encode())
-    return h.hexdigest()
+    return fingerprint({"seed": seed, "model": str(resolve_model(model)), "setfit": setfit.__version__,
+                        "rows": [[r.text, r.label] for r in train]})
 
 
 class _RunFolder:
