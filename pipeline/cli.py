@@ -352,8 +352,10 @@ def add_finetune_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--objective", default=d.objective, choices=list(OBJECTIVES),
                    help="contrastive: tune the encoder on pairs of labelled rows (SetFit's loss), then fit the head; "
                         "classification: train encoder and head together on cross-entropy. auto (default): "
-                        f"contrastive up to {FEW_SHOT_PER_CLASS} labels per class. The options below, from --epochs "
-                        "on, shape the classification objective")
+                        f"contrastive up to {FEW_SHOT_PER_CLASS} labels per class, where tuning on one half of the "
+                        "labelled rows predicts the other half better than the pretrained encoder does (else the head "
+                        "is fitted on the pretrained features). The options below, from --epochs on, shape the "
+                        "classification objective")
     p.add_argument("--head", default=d.head, choices=list(FINETUNE_HEADS), help="the head on top of the encoder")
     p.add_argument("--pooling", default=d.pooling, choices=list(POOLINGS))
     p.add_argument("--budget", type=int, default=None, help="labels per class drawn from the training corpus (default: all)")

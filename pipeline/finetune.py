@@ -9,7 +9,9 @@ finetext head sits on top. Two objectives:
   class close together, with SetFit's cosine-similarity loss taken over every pair of rows in a batch (a batch
   holds groups of rows of the same class), not over pairs drawn one by one; then the head (the same estimator
   `finetext train` fits on a cache) is fitted on the tuned encoder's pooled features of every layer.
-  `objective="auto"` takes it when the training set has at most FEW_SHOT_PER_CLASS labels per class.
+  `objective="auto"` takes it when the training set has at most FEW_SHOT_PER_CLASS labels per class, and then
+  tunes only where tuning on one half of the labelled rows predicts the other half better than the pretrained
+  encoder (tuning_check); else the head is fitted on the pretrained features.
 
 A result folder is an ordinary saved head (config.json + weights.safetensors) whose features come from its
 own fine-tuned encoder in `encoder/` (save_pretrained: safetensors and the tokenizer), so `finetext predict`
@@ -467,12 +469,48 @@ def _train_contrastive(tasks: Sequence[Task], net: FinetuneModel, splits: dict[s
                        settings: FinetuneSettings, max_length: int, device: torch.device, autocast, precision: str,
                        rng: np.random.Generator, progress: bool) -> Finetuned:
     """The contrastive objective: tune the encoder on pairs of labelled rows (the last layer's pooled vector),
-    then fit each task's head on the pooled features of every layer."""
+    then fit each task's head on the pooled features of every layer. Under `objective="auto"` the labelled rows
+    first decide whether tuning helps this task (tuning_check); where it does not, the heads are fitted on the
+    pretrained encoder's features."""
     start = time.perf_counter()
-    steps = pair_steps(sum(len(s.train_rows) for s in splits.values()))
+    check = None
+    if settings.objective == "auto":
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # tuning draws as without it
+            check = tuning_check(tasks, net, splits, settings, device, autocast, precision, progress)
+    history, steps = [], 0
+    if check is None or check["tune"]:
+        rows_of = {name: s.train_rows for name, s in splits.items()}
+        history, steps = tune_on_pairs(net, splits, rows_of, rng, device, autocast, precision,
+                                       "finetune (pairs)", progress)
+    heads, results = {}, []
+    for t in tasks:
+        s = splits[t.name]
+        X = encode(net, s.tokens.subset(s.train_rows), device, autocast)
+        heads[t.name] = _cached_head(settings).fit(X, t.classes[s.codes[s.train_rows]])
+    train_seconds = time.perf_counter() - start
+    for t in tasks:
+        s = splits[t.name]
+        r = TaskResult(t.name, len(s.train_rows), 0, rows=s.corpus_rows.tolist())
+        if t.test:
+            X = encode(net, Tokenized(tokenizer, t.test, max_length), device, autocast)
+            _score_test(r, t, heads[t.name].predict_proba(X))
+        results.append(r)
+    metrics = _metrics(info, "contrastive", results, train_seconds, history, steps, device, precision, settings)
+    if check is not None:
+        metrics["tuning_check"] = check
+    return Finetuned(net, tokenizer, info, settings, max_length, device, heads, results, metrics)
+
+
+def tune_on_pairs(net: FinetuneModel, splits: dict[str, _Split], rows_of: dict[str, np.ndarray],
+                  rng: np.random.Generator, device: torch.device, autocast, precision: str, desc: str,
+                  progress: bool) -> tuple[list[dict[str, Any]], int]:
+    """Tune net's encoder on pairs of each task's rows `rows_of[task]` (indices into its split) for
+    pair_steps(all those rows) steps; returns the per-epoch history and the number of steps."""
+    start = time.perf_counter()
+    steps = pair_steps(sum(len(r) for r in rows_of.values()))
     plan = []  # (epoch, task, rows) per optimiser step
     while len(plan) < steps:
-        batches = [(name, b) for name, s in splits.items() for b in pair_batches(s.codes, s.train_rows, rng)]
+        batches = [(name, b) for name, rows in rows_of.items() for b in pair_batches(splits[name].codes, rows, rng)]
         epoch = plan[-1][0] + 1 if plan else 0
         plan += [(epoch, *batches[i]) for i in rng.permutation(len(batches))]
     plan = plan[:steps]
@@ -482,7 +520,7 @@ def _train_contrastive(tasks: Sequence[Task], net: FinetuneModel, splits: dict[s
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
     warmup = int(PAIR_WARMUP * len(plan))
     history, losses = [], []
-    bar = tqdm(total=len(plan), desc="finetune (pairs)", unit="step", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=len(plan), desc=desc, unit="step", disable=not progress, dynamic_ncols=True)
     for step, (epoch, name, rows) in enumerate(plan):
         s = splits[name]
         rows, embeddings = pair_embeddings(net, s.tokens, rows, device, autocast)
@@ -497,22 +535,39 @@ def _train_contrastive(tasks: Sequence[Task], net: FinetuneModel, splits: dict[s
                             "seconds": time.perf_counter() - start})
             losses = []
     bar.close()
+    return history, len(plan)
 
-    heads, results = {}, []
-    for t in tasks:
-        s = splits[t.name]
-        X = encode(net, s.tokens.subset(s.train_rows), device, autocast)
-        heads[t.name] = _cached_head(settings).fit(X, t.classes[s.codes[s.train_rows]])
-    train_seconds = time.perf_counter() - start
-    for t in tasks:
-        s = splits[t.name]
-        r = TaskResult(t.name, len(s.train_rows), 0, rows=s.corpus_rows.tolist())
-        if t.test:
-            X = encode(net, Tokenized(tokenizer, t.test, max_length), device, autocast)
-            _score_test(r, t, heads[t.name].predict_proba(X))
-        results.append(r)
-    metrics = _metrics(info, "contrastive", results, train_seconds, history, len(plan), device, precision, settings)
-    return Finetuned(net, tokenizer, info, settings, max_length, device, heads, results, metrics)
+
+def tuning_check(tasks: Sequence[Task], net: FinetuneModel, splits: dict[str, _Split], settings: FinetuneSettings,
+                 device: torch.device, autocast, precision: str, progress: bool) -> dict[str, Any]:
+    """Whether tuning on pairs helps these tasks, decided from their labelled rows alone: the rows are cut in two
+    stratified halves; the encoder is tuned on each half in turn and the head fitted on that half's tuned
+    features predicts the other half, against the same head on the pretrained features. Tuning is kept unless
+    it gets fewer rows right (a tie tunes). The encoder is restored after each half. Tasks with a class of
+    fewer than two rows are not checked (tuned)."""
+    counts = [np.bincount(s.codes[s.train_rows], minlength=len(t.classes)) for t, s in zip(tasks, splits.values())]
+    if min(c.min() for c in counts) < 2:
+        return {"tune": True, "reason": "a class has fewer than 2 labelled rows"}
+    pretrained = {k: v.detach().to("cpu", copy=True) for k, v in net.encoder.state_dict().items()}
+    rng = np.random.default_rng([settings.seed, 1])
+    untuned = {t.name: encode(net, splits[t.name].tokens.subset(splits[t.name].train_rows), device, autocast)
+               for t in tasks}
+    halves = {name: stratified_folds(s.codes[s.train_rows], 2, settings.seed) for name, s in splits.items()}
+    right = {"tuned": 0, "pretrained": 0}
+    for half in (0, 1):
+        rows_of = {name: splits[name].train_rows[h != half] for name, h in halves.items()}
+        tune_on_pairs(net, splits, rows_of, rng, device, autocast, precision, f"finetune (check {half + 1}/2)",
+                      progress)
+        for t in tasks:
+            s, h = splits[t.name], halves[t.name]
+            y = t.classes[s.codes[s.train_rows]]
+            X = encode(net, s.tokens.subset(s.train_rows), device, autocast)
+            for kind, features in (("tuned", X), ("pretrained", untuned[t.name])):
+                head = _cached_head(settings).fit(features[h != half], y[h != half])
+                right[kind] += int((head.predict(features[h == half]) == y[h == half]).sum())
+        net.encoder.load_state_dict(pretrained)
+    return {"tune": right["tuned"] >= right["pretrained"], "rows_right": right,
+            "rows": int(sum(len(s.train_rows) for s in splits.values()))}
 
 
 def _cached_head(settings: FinetuneSettings):

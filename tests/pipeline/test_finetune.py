@@ -276,6 +276,7 @@ def test_a_tiny_model_tunes_contrastively_and_its_saved_head_predicts_the_same(t
     trained = train_finetune([task], model=str(tiny_bert), settings=settings, progress=False)
     metrics = trained.metrics
     assert metrics["objective"] == "contrastive" and metrics["total_steps"] == ft.pair_steps(30)
+    assert metrics["tuning_check"]["tune"] and metrics["tuning_check"]["rows"] == 30
     losses = [h["pair_loss"] for h in metrics["history"]]
     assert losses[-1] < 0.5 * losses[0]
     assert metrics["test_accuracy"] > 0.6  # chance is 1/3
@@ -286,3 +287,35 @@ def test_a_tiny_model_tunes_contrastively_and_its_saved_head_predicts_the_same(t
                                trained.predict_proba("topics", new), atol=1e-5)
     cell = json.loads((tmp_path / "ft" / "cells.jsonl").read_text())
     assert cell["objective"] == "contrastive" and cell["head"] == "finetune-layer-attention"
+
+
+def test_the_tuning_check_keeps_the_pretrained_encoder_where_tuning_hurts(tiny_bert, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+    from finetext.pipeline import finetune as ft
+
+    # a tuning that pulls the classes together: the check, run for real, must see it lose on the held-out halves
+    setfits = ft.pair_loss
+    monkeypatch.setattr(ft, "pair_loss", lambda embeddings, codes: -setfits(embeddings, codes))
+    monkeypatch.setattr(ft, "PAIR_LR", 2e-3)
+    task = Task("topics", _records(10, 0), _records(5, 1))
+    forced = train_finetune([task], model=str(tiny_bert), settings=FinetuneSettings(**{**FAST, "objective": "contrastive"}),
+                            progress=False)
+    trained = train_finetune([task], model=str(tiny_bert), settings=FinetuneSettings(**{**FAST, "objective": "auto"}),
+                             progress=False)
+    check = trained.metrics["tuning_check"]
+    assert not check["tune"] and check["rows_right"]["pretrained"] > check["rows_right"]["tuned"]
+    assert trained.metrics["total_steps"] == 0 and trained.metrics["history"] == []
+    assert "tuning_check" not in forced.metrics and forced.metrics["total_steps"] == ft.pair_steps(30)
+    assert trained.metrics["test_accuracy"] > forced.metrics["test_accuracy"]
+    save_finetuned(trained, [task], tmp_path / "ft")
+    saved, pretrained = load_file(tmp_path / "ft" / "encoder" / "model.safetensors"), load_file(tiny_bert / "model.safetensors")
+    assert all(np.array_equal(saved[k].numpy(), pretrained[k].numpy()) for k in pretrained)  # restored after the halves
+
+
+def test_the_tuning_check_is_skipped_when_a_class_has_one_row(tiny_bert):
+    records = _records(6, 0)
+    records = [r for r in records if r.label != "music"] + [next(r for r in records if r.label == "music")]
+    trained = train_finetune([Task("topics", records)], model=str(tiny_bert),
+                             settings=FinetuneSettings(**{**FAST, "objective": "auto"}), progress=False)
+    assert trained.metrics["tuning_check"] == {"tune": True, "reason": "a class has fewer than 2 labelled rows"}
+    assert trained.metrics["total_steps"] > 0
