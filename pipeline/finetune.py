@@ -47,7 +47,7 @@ from finetext.extract.errors import InputError
 from finetext.extract.outputs import check_output, exclusive, remove_leftovers
 from finetext.extract.pooling import pool
 from finetext.extract.tokens import check_max_length, tokenize
-from finetext.pipeline.settings import FEW_SHOT_PER_CLASS, FinetuneSettings
+from finetext.pipeline.settings import CHECK_MIN_PER_CLASS, FEW_SHOT_PER_CLASS, FinetuneSettings
 from finetext.pipeline.sweep import budget_rows
 
 SELECTOR = ("w", "u", "gamma")  # the parameters a multi-task model shares across tasks (those a head has)
@@ -543,11 +543,11 @@ def tuning_check(tasks: Sequence[Task], net: FinetuneModel, splits: dict[str, _S
     """Whether tuning on pairs helps these tasks, decided from their labelled rows alone: the rows are cut in two
     stratified halves; the encoder is tuned on each half in turn and the head fitted on that half's tuned
     features predicts the other half, against the same head on the pretrained features. Tuning is kept unless
-    it gets fewer rows right (a tie tunes). The encoder is restored after each half. Tasks with a class of
-    fewer than two rows are not checked (tuned)."""
+    it gets fewer rows right (a tie tunes). The encoder is restored after each half. Below CHECK_MIN_PER_CLASS
+    rows in a class the halves hold too few pairs of it to show what tuning does, and tuning is kept."""
     counts = [np.bincount(s.codes[s.train_rows], minlength=len(t.classes)) for t, s in zip(tasks, splits.values())]
-    if min(c.min() for c in counts) < 2:
-        return {"tune": True, "reason": "a class has fewer than 2 labelled rows"}
+    if min(c.min() for c in counts) < CHECK_MIN_PER_CLASS:
+        return {"tune": True, "reason": f"a class has fewer than {CHECK_MIN_PER_CLASS} labelled rows"}
     pretrained = {k: v.detach().to("cpu", copy=True) for k, v in net.encoder.state_dict().items()}
     rng = np.random.default_rng([settings.seed, 1])
     untuned = {t.name: encode(net, splits[t.name].tokens.subset(splits[t.name].train_rows), device, autocast)

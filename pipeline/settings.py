@@ -14,6 +14,7 @@ FINETUNE_HEADS = ("layer-attention", "scalar-mix", "last-layer")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OBJECTIVES = ("auto", "contrastive", "classification")  # finetune.choose_objective says what auto picks
 FEW_SHOT_PER_CLASS = 64  # objective auto: contrastive up to this many training rows per class (docs/experiments.md)
+CHECK_MIN_PER_CLASS = 8  # objective auto: finetune.tuning_check runs where every class has this many rows
 
 
 @dataclass

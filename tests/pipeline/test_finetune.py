@@ -312,10 +312,12 @@ def test_the_tuning_check_keeps_the_pretrained_encoder_where_tuning_hurts(tiny_b
     assert all(np.array_equal(saved[k].numpy(), pretrained[k].numpy()) for k in pretrained)  # restored after the halves
 
 
-def test_the_tuning_check_is_skipped_when_a_class_has_one_row(tiny_bert):
-    records = _records(6, 0)
-    records = [r for r in records if r.label != "music"] + [next(r for r in records if r.label == "music")]
-    trained = train_finetune([Task("topics", records)], model=str(tiny_bert),
+def test_the_tuning_check_is_skipped_when_a_class_has_few_rows(tiny_bert):
+    from finetext.pipeline.settings import CHECK_MIN_PER_CLASS
+
+    records = _records(10, 0)
+    music = [r for r in records if r.label == "music"][:CHECK_MIN_PER_CLASS - 1]
+    trained = train_finetune([Task("topics", [r for r in records if r.label != "music"] + music)], model=str(tiny_bert),
                              settings=FinetuneSettings(**{**FAST, "objective": "auto"}), progress=False)
-    assert trained.metrics["tuning_check"] == {"tune": True, "reason": "a class has fewer than 2 labelled rows"}
+    assert trained.metrics["tuning_check"] == {"tune": True, "reason": f"a class has fewer than {CHECK_MIN_PER_CLASS} labelled rows"}
     assert trained.metrics["total_steps"] > 0
