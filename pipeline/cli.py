@@ -352,10 +352,10 @@ def add_finetune_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--objective", default=d.objective, choices=list(OBJECTIVES),
                    help="contrastive: tune the encoder on pairs of labelled rows (SetFit's loss), then fit the head; "
                         "classification: train encoder and head together on cross-entropy. auto (default): "
-                        f"contrastive up to {FEW_SHOT_PER_CLASS} labels per class; from {CHECK_MIN_PER_CLASS} it "
-                        "first tunes on each half of the labelled rows and keeps the pretrained encoder where that "
-                        "predicts the other half worse. The options below, from --epochs on, shape the "
-                        "classification objective")
+                        f"contrastive up to {FEW_SHOT_PER_CLASS} labels per class; with more than 64 rows and "
+                        f"from {CHECK_MIN_PER_CLASS} per class it first tunes on each half of them and keeps the "
+                        "pretrained encoder where that predicts the other half worse. The options below, from "
+                        "--epochs on, shape the classification objective")
     p.add_argument("--head", default=d.head, choices=list(FINETUNE_HEADS), help="the head on top of the encoder")
     p.add_argument("--pooling", default=d.pooling, choices=list(POOLINGS))
     p.add_argument("--budget", type=int, default=None, help="labels per class drawn from the training corpus (default: all)")

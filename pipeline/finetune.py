@@ -9,9 +9,9 @@ finetext head sits on top. Two objectives:
   class close together, with SetFit's cosine-similarity loss taken over every pair of rows in a batch (a batch
   holds groups of rows of the same class), not over pairs drawn one by one; then the head (the same estimator
   `finetext train` fits on a cache) is fitted on the tuned encoder's pooled features of every layer.
-  `objective="auto"` takes it when the training set has at most FEW_SHOT_PER_CLASS labels per class, and then
-  tunes only where tuning on one half of the labelled rows predicts the other half better than the pretrained
-  encoder (tuning_check); else the head is fitted on the pretrained features.
+  `objective="auto"` takes it when the training set has at most FEW_SHOT_PER_CLASS labels per class, and then,
+  with more rows than a pair batch, tunes only where tuning on one half of the labelled rows predicts the other
+  half better than the pretrained encoder (tuning_check); else the head is fitted on the pretrained features.
 
 A result folder is an ordinary saved head (config.json + weights.safetensors) whose features come from its
 own fine-tuned encoder in `encoder/` (save_pretrained: safetensors and the tokenizer), so `finetext predict`
@@ -543,11 +543,15 @@ def tuning_check(tasks: Sequence[Task], net: FinetuneModel, splits: dict[str, _S
     """Whether tuning on pairs helps these tasks, decided from their labelled rows alone: the rows are cut in two
     stratified halves; the encoder is tuned on each half in turn and the head fitted on that half's tuned
     features predicts the other half, against the same head on the pretrained features. Tuning is kept unless
-    it gets fewer rows right (a tie tunes). The encoder is restored after each half. Below CHECK_MIN_PER_CLASS
-    rows in a class the halves hold too few pairs of it to show what tuning does, and tuning is kept."""
+    it gets fewer rows right (a tie tunes). The encoder is restored after each half. Tuning is kept unchecked
+    below CHECK_MIN_PER_CLASS rows in a class (the halves hold too few pairs of it to show what tuning does) and
+    while all the rows fit one pair batch (a few seconds of tuning, which the check would double, against a vote
+    of too few rows to tell a few points apart)."""
     counts = [np.bincount(s.codes[s.train_rows], minlength=len(t.classes)) for t, s in zip(tasks, splits.values())]
     if min(c.min() for c in counts) < CHECK_MIN_PER_CLASS:
         return {"tune": True, "reason": f"a class has fewer than {CHECK_MIN_PER_CLASS} labelled rows"}
+    if sum(c.sum() for c in counts) <= PAIR_BATCH:
+        return {"tune": True, "reason": f"at most {PAIR_BATCH} labelled rows"}
     pretrained = {k: v.detach().to("cpu", copy=True) for k, v in net.encoder.state_dict().items()}
     rng = np.random.default_rng([settings.seed, 1])
     untuned = {t.name: encode(net, splits[t.name].tokens.subset(splits[t.name].train_rows), device, autocast)
