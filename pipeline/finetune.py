@@ -545,8 +545,8 @@ def tuning_check(tasks: Sequence[Task], net: FinetuneModel, splits: dict[str, _S
     features predicts the other half, against the same head on the pretrained features. Tuning is kept unless
     it gets fewer rows right (a tie tunes). The encoder is restored after each half. Tuning is kept unchecked
     below CHECK_MIN_PER_CLASS rows in a class (the halves hold too few pairs of it to show what tuning does) and
-    while all the rows fit one pair batch (a few seconds of tuning, which the check would double, against a vote
-    of too few rows to tell a few points apart)."""
+    while all the rows fit one pair batch (the check would double a short tuning for a vote of too few rows to
+    tell a few points apart)."""
     counts = [np.bincount(s.codes[s.train_rows], minlength=len(t.classes)) for t, s in zip(tasks, splits.values())]
     if min(c.min() for c in counts) < CHECK_MIN_PER_CLASS:
         return {"tune": True, "reason": f"a class has fewer than {CHECK_MIN_PER_CLASS} labelled rows"}
@@ -554,8 +554,8 @@ def tuning_check(tasks: Sequence[Task], net: FinetuneModel, splits: dict[str, _S
         return {"tune": True, "reason": f"at most {PAIR_BATCH} labelled rows"}
     pretrained = {k: v.detach().to("cpu", copy=True) for k, v in net.encoder.state_dict().items()}
     rng = np.random.default_rng([settings.seed, 1])
-    untuned = {t.name: encode(net, splits[t.name].tokens.subset(splits[t.name].train_rows), device, autocast)
-               for t in tasks}
+    before = {t.name: encode(net, splits[t.name].tokens.subset(splits[t.name].train_rows), device, autocast)
+              for t in tasks}
     halves = {name: stratified_folds(s.codes[s.train_rows], 2, settings.seed) for name, s in splits.items()}
     right = {"tuned": 0, "pretrained": 0}
     for half in (0, 1):
@@ -566,7 +566,7 @@ def tuning_check(tasks: Sequence[Task], net: FinetuneModel, splits: dict[str, _S
             s, h = splits[t.name], halves[t.name]
             y = t.classes[s.codes[s.train_rows]]
             X = encode(net, s.tokens.subset(s.train_rows), device, autocast)
-            for kind, features in (("tuned", X), ("pretrained", untuned[t.name])):
+            for kind, features in (("tuned", X), ("pretrained", before[t.name])):
                 head = _cached_head(settings).fit(features[h != half], y[h != half])
                 right[kind] += int((head.predict(features[h == half]) == y[h == half]).sum())
         net.encoder.load_state_dict(pretrained)
