@@ -550,7 +550,8 @@ def tuning_check(tasks: Sequence[Task], net: FinetuneModel, splits: dict[str, _S
     counts = [np.bincount(s.codes[s.train_rows], minlength=len(t.classes)) for t, s in zip(tasks, splits.values())]
     if min(c.min() for c in counts) < CHECK_MIN_PER_CLASS:
         return {"tune": True, "reason": f"a class has fewer than {CHECK_MIN_PER_CLASS} labelled rows"}
-    if sum(c.sum() for c in counts) <= PAIR_BATCH:
+    n_rows = int(sum(c.sum() for c in counts))
+    if n_rows <= PAIR_BATCH:
         return {"tune": True, "reason": f"at most {PAIR_BATCH} labelled rows"}
     pretrained = {k: v.detach().to("cpu", copy=True) for k, v in net.encoder.state_dict().items()}
     rng = np.random.default_rng([settings.seed, 1])
@@ -571,7 +572,7 @@ def tuning_check(tasks: Sequence[Task], net: FinetuneModel, splits: dict[str, _S
                 right[kind] += int((head.predict(features[h == half]) == y[h == half]).sum())
         net.encoder.load_state_dict(pretrained)
     return {"tune": right["tuned"] >= right["pretrained"], "rows_right": right,
-            "rows": int(sum(len(s.train_rows) for s in splits.values()))}
+            "rows": n_rows}
 
 
 def _cached_head(settings: FinetuneSettings):
