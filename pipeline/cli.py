@@ -12,7 +12,8 @@ from finetext.classify.errors import HeadFormatError
 from finetext.extract.cache import POOLINGS
 from finetext.extract.errors import CacheFormatError, CacheMismatchError, InputError, OutputBusyError
 from finetext.pipeline.settings import (CACHED_HEADS, CHECK_MIN_PER_CLASS, DEFAULT_STRATEGIES, FEW_SHOT_PER_CLASS,
-                                       FINETUNE_HEADS, OBJECTIVES, PRECISIONS, STRATEGY_NAMES, FinetuneSettings)
+                                       FINETUNE_HEADS, OBJECTIVES, PAIR_BATCH, PRECISIONS, STRATEGY_NAMES,
+                                       FinetuneSettings)
 
 HEAD_DEVICE_HELP = ("where scalar-mix and layer-attention train: cpu (default), cuda, cuda:N, mps or auto; "
                     "a GPU gives the same heads up to rounding")
@@ -352,8 +353,8 @@ def add_finetune_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--objective", default=d.objective, choices=list(OBJECTIVES),
                    help="contrastive: tune the encoder on pairs of labelled rows (SetFit's loss), then fit the head; "
                         "classification: train encoder and head together on cross-entropy. auto (default): "
-                        f"contrastive up to {FEW_SHOT_PER_CLASS} labels per class; with more than 64 rows and "
-                        f"from {CHECK_MIN_PER_CLASS} per class it first tunes on each half of them and keeps the "
+                        f"contrastive up to {FEW_SHOT_PER_CLASS} labels per class; with more than {PAIR_BATCH} rows "
+                        f"and from {CHECK_MIN_PER_CLASS} per class it first tunes on each half of them and keeps the "
                         "pretrained encoder where that predicts the other half worse. The options below, from "
                         "--epochs on, shape the classification objective")
     p.add_argument("--head", default=d.head, choices=list(FINETUNE_HEADS), help="the head on top of the encoder")

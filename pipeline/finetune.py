@@ -47,13 +47,12 @@ from finetext.extract.errors import InputError
 from finetext.extract.outputs import check_output, exclusive, remove_leftovers
 from finetext.extract.pooling import pool
 from finetext.extract.tokens import check_max_length, tokenize
-from finetext.pipeline.settings import CHECK_MIN_PER_CLASS, FEW_SHOT_PER_CLASS, FinetuneSettings
+from finetext.pipeline.settings import CHECK_MIN_PER_CLASS, FEW_SHOT_PER_CLASS, PAIR_BATCH, FinetuneSettings
 from finetext.pipeline.sweep import budget_rows
 
 SELECTOR = ("w", "u", "gamma")  # the parameters a multi-task model shares across tasks (those a head has)
 
-# The contrastive objective (docs/experiments.md has the measurements behind each).
-PAIR_BATCH = 64  # rows per batch: every pair of them is in the loss
+# The contrastive objective (docs/experiments.md has the measurements behind each; PAIR_BATCH is in settings).
 PAIR_CHUNK = 16  # rows per forward pass within a batch, of similar length (less padding, one backward)
 PAIR_EPOCHS = 40  # steps: this many batches' worth of rows per labelled row (pair_steps)
 PAIR_MIN_STEPS = 10

@@ -15,6 +15,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OBJECTIVES = ("auto", "contrastive", "classification")  # finetune.choose_objective says what auto picks
 FEW_SHOT_PER_CLASS = 64  # objective auto: contrastive up to this many training rows per class (docs/experiments.md)
 CHECK_MIN_PER_CLASS = 8  # objective auto: finetune.tuning_check runs where every class has this many rows
+PAIR_BATCH = 64  # contrastive: rows per batch, every pair of them in the loss; tuning_check runs above this many rows
 
 
 @dataclass
