@@ -53,7 +53,7 @@ from finetext.pipeline.sweep import budget_rows
 SELECTOR = ("w", "u", "gamma")  # the parameters a multi-task model shares across tasks (those a head has)
 
 # The contrastive objective (docs/experiments.md has the measurements behind each; PAIR_BATCH is in settings).
-PAIR_CHUNK = 16  # rows per forward pass within a batch, of similar length (less padding, one backward)
+PAIR_CHUNK = 16  # rows per forward pass within a batch, of similar length: the activations held at once
 PAIR_EPOCHS = 40  # steps: this many batches' worth of rows per labelled row (pair_steps)
 PAIR_MIN_STEPS = 10
 PAIR_LR = 1e-4  # AdamW, every encoder layer alike, rising over the first PAIR_WARMUP of the steps, then decaying
@@ -165,6 +165,7 @@ class Tokenized:
 
     def __init__(self, tokenizer, records: Sequence[Record], max_length: int) -> None:
         self.ids, self.types, _ = tokenize(tokenizer, records, max_length, flags=False)
+        self.max_length = max_length
         self.lengths = np.array([len(x) for x in self.ids])
         self.pad_id = tokenizer.pad_token_id
 
@@ -453,15 +454,52 @@ def pair_batches(codes: np.ndarray, rows: np.ndarray, rng: np.random.Generator) 
     return batches + [np.concatenate(current)]
 
 
-def pair_embeddings(net: FinetuneModel, tokens: Tokenized, rows: np.ndarray, device: torch.device,
-                    autocast) -> tuple[np.ndarray, torch.Tensor]:
-    """The last layer's pooled vector (n, H) of a pair batch's rows, with gradients, from forward passes of
-    PAIR_CHUNK rows of similar length; returns the rows in the order of the embeddings (shortest first)."""
+def pair_backward(net: FinetuneModel, tokens: Tokenized, rows: np.ndarray, codes: np.ndarray,
+                  device: torch.device, autocast, scale) -> float:
+    """The pair loss of one batch (the last layer's pooled vector of each row) and its gradients in net, from
+    forward passes of PAIR_CHUNK rows of similar length, holding at most the activations of PAIR_CHUNK rows of
+    max_length tokens. A batch within that is back-propagated at once; a larger one by gradient caching (Gao et
+    al. 2021): its chunks are encoded without gradients, the loss's gradient is taken with respect to the
+    vectors, then each chunk is encoded again with the same dropout draws and back-propagated from its rows'
+    gradients. Both give the same gradients. scale: the loss's scaling before backward (the GradScaler's);
+    codes: class index per row (indexed by the values of `rows`). Returns the loss."""
     rows = rows[np.argsort(tokens.lengths[rows], kind="stable")]
-    with autocast():
-        parts = [net.features(tokens.batch(rows[i:i + PAIR_CHUNK], device))[:, -1]
-                 for i in range(0, len(rows), PAIR_CHUNK)]
-    return rows, torch.cat(parts).float()
+    chunks = [rows[i:i + PAIR_CHUNK] for i in range(0, len(rows), PAIR_CHUNK)]
+    target = torch.from_numpy(codes[rows]).to(device)
+    if sum(len(c) * tokens.lengths[c].max() for c in chunks) <= PAIR_CHUNK * tokens.max_length:
+        with autocast():
+            vectors = torch.cat([net.features(tokens.batch(c, device))[:, -1] for c in chunks]).float()
+        loss = pair_loss(vectors, target)
+        scale(loss).backward()
+        return loss.item()
+    states, parts = [], []
+    with torch.no_grad(), autocast():
+        for chunk in chunks:
+            states.append(_rng_state(device))
+            parts.append(net.features(tokens.batch(chunk, device))[:, -1].float())
+    after = _rng_state(device)
+    vectors = torch.cat(parts).requires_grad_()
+    loss = pair_loss(vectors, target)
+    scale(loss).backward()
+    for chunk, state, grad in zip(chunks, states, vectors.grad.split([len(c) for c in chunks])):
+        _set_rng_state(device, state)
+        with autocast():
+            again = net.features(tokens.batch(chunk, device))[:, -1].float()
+        again.backward(grad)
+    _set_rng_state(device, after)
+    return loss.item()
+
+
+def _rng_state(device: torch.device) -> torch.Tensor:
+    """The state of the generator that draws dropout on `device`."""
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def _set_rng_state(device: torch.device, state: torch.Tensor) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
 
 
 def _train_contrastive(tasks: Sequence[Task], net: FinetuneModel, splits: dict[str, _Split], tokenizer, info,
@@ -522,11 +560,8 @@ def tune_on_pairs(net: FinetuneModel, splits: dict[str, _Split], rows_of: dict[s
     bar = tqdm(total=len(plan), desc=desc, unit="step", disable=not progress, dynamic_ncols=True)
     for step, (epoch, name, rows) in enumerate(plan):
         s = splits[name]
-        rows, embeddings = pair_embeddings(net, s.tokens, rows, device, autocast)
-        loss = pair_loss(embeddings, torch.from_numpy(s.codes[rows]).to(device))
-        scaler.scale(loss).backward()
+        losses.append(pair_backward(net, s.tokens, rows, s.codes, device, autocast, scaler.scale))
         _optimiser_step(opt, scaler, net.encoder.parameters(), _lr_factor(step, warmup, len(plan)))
-        losses.append(loss.item())
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(losses[-10:]):.4f}", epoch=epoch + 1)
         if step + 1 == len(plan) or plan[step + 1][0] != epoch:
