@@ -53,7 +53,8 @@ from finetext.pipeline.sweep import budget_rows
 SELECTOR = ("w", "u", "gamma")  # the parameters a multi-task model shares across tasks (those a head has)
 
 # The contrastive objective (docs/experiments.md has the measurements behind each; PAIR_BATCH is in settings).
-PAIR_CHUNK = 16  # rows per forward pass within a batch, of similar length: the activations held at once
+PAIR_CHUNK = 16  # rows per forward pass within a batch, of similar length; at most this many full-length
+                 # rows' activations are held at once (pair_backward)
 PAIR_EPOCHS = 40  # steps: this many batches' worth of rows per labelled row (pair_steps)
 PAIR_MIN_STEPS = 10
 PAIR_LR = 1e-4  # AdamW, every encoder layer alike, rising over the first PAIR_WARMUP of the steps, then decaying
