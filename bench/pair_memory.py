@@ -9,9 +9,9 @@ that each peak is its own:
 
   held:    the batch encoded in chunks of PAIR_CHUNK rows with gradients, and the loss back-propagated once
            through all of them (the contrastive step before gradient caching);
-  cached:  `pair_backward`, which caches gradients for a batch of more tokens than PAIR_CHUNK full-length rows
-           (as 64 long articles are): the chunks encoded without gradients, the loss's gradient taken with respect
-           to the vectors, each chunk encoded again with the same dropout draws and back-propagated alone.
+  cached:  `pair_backward`, which for a batch of more tokens than PAIR_CHUNK full-length rows (as 64 long
+           articles are) keeps only each chunk's vectors and encodes each chunk again, with the same dropout
+           draws, in the backward (torch.utils.checkpoint).
 
 Prints, per way, the peak resident memory above the process's resident memory before the first step (MiB; the
 peak is reset there through /proc/self/clear_refs, Linux), the median seconds of a step and the first step's

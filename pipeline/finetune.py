@@ -34,6 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
 from finetext.classify import LastLayerLogReg, LayerAttention, ScalarMix
@@ -459,48 +460,24 @@ def pair_backward(net: FinetuneModel, tokens: Tokenized, rows: np.ndarray, codes
                   device: torch.device, autocast, scale) -> float:
     """The pair loss of one batch (the last layer's pooled vector of each row) and its gradients in net, from
     forward passes of PAIR_CHUNK rows of similar length, holding at most the activations of PAIR_CHUNK rows of
-    max_length tokens. A batch within that is back-propagated at once; a larger one by gradient caching (Gao et
-    al. 2021): its chunks are encoded without gradients, the loss's gradient is taken with respect to the
-    vectors, then each chunk is encoded again with the same dropout draws and back-propagated from its rows'
-    gradients. Both give the same gradients. scale: the loss's scaling before backward (the GradScaler's);
-    codes: class index per row (indexed by the values of `rows`). Returns the loss."""
+    max_length tokens. A batch within that keeps every chunk's activations for the backward; a larger one keeps
+    only each chunk's vectors, and the backward encodes each chunk again with the same dropout draws
+    (torch.utils.checkpoint: gradient caching, Gao et al. 2021). Both give the same gradients. scale: the loss's
+    scaling before backward (the GradScaler's); codes: class index per row (indexed by the values of `rows`).
+    Returns the loss."""
     rows = rows[np.argsort(tokens.lengths[rows], kind="stable")]
     chunks = [rows[i:i + PAIR_CHUNK] for i in range(0, len(rows), PAIR_CHUNK)]
-    target = torch.from_numpy(codes[rows]).to(device)
-    if sum(len(c) * tokens.lengths[c].max() for c in chunks) <= PAIR_CHUNK * tokens.max_length:
-        with autocast():
-            vectors = torch.cat([net.features(tokens.batch(c, device))[:, -1] for c in chunks]).float()
-        loss = pair_loss(vectors, target)
-        scale(loss).backward()
-        return loss.item()
-    states, parts = [], []
-    with torch.no_grad(), autocast():
-        for chunk in chunks:
-            states.append(_rng_state(device))
-            parts.append(net.features(tokens.batch(chunk, device))[:, -1].float())
-    after = _rng_state(device)
-    vectors = torch.cat(parts).requires_grad_()
-    loss = pair_loss(vectors, target)
+    hold = sum(len(c) * tokens.lengths[c].max() for c in chunks) <= PAIR_CHUNK * tokens.max_length
+
+    def vectors(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return net.features(batch)[:, -1]
+
+    with autocast():
+        parts = [vectors(b) if hold else checkpoint(vectors, b, use_reentrant=False)
+                 for b in (tokens.batch(c, device) for c in chunks)]
+    loss = pair_loss(torch.cat(parts).float(), torch.from_numpy(codes[rows]).to(device))
     scale(loss).backward()
-    for chunk, state, grad in zip(chunks, states, vectors.grad.split([len(c) for c in chunks])):
-        _set_rng_state(device, state)
-        with autocast():
-            again = net.features(tokens.batch(chunk, device))[:, -1].float()
-        again.backward(grad)
-    _set_rng_state(device, after)
     return loss.item()
-
-
-def _rng_state(device: torch.device) -> torch.Tensor:
-    """The state of the generator that draws dropout on `device`."""
-    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
-
-
-def _set_rng_state(device: torch.device, state: torch.Tensor) -> None:
-    if device.type == "cuda":
-        torch.cuda.set_rng_state(state, device)
-    else:
-        torch.set_rng_state(state)
 
 
 def _train_contrastive(tasks: Sequence[Task], net: FinetuneModel, splits: dict[str, _Split], tokenizer, info,
